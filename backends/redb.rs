@@ -1,0 +1,352 @@
+//! Storage in one [redb](https://docs.rs/redb) file, `broker.redb`, in the
+//! data folder.
+//!
+//! Every [`append`](Storage::append) is one redb write transaction committed
+//! with redb's default immediate durability, so an `Ok` has reached the disk.
+//! The core batches concurrent inserts into one append, which makes that one
+//! sync for many inserts.
+
+use std::path::{Path, PathBuf};
+
+use super::codec::{decode, encode};
+use crate::error::StorageError;
+use crate::event::{Publication, Record};
+use crate::storage::{Appended, Storage, Version};
+use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// The file name inside the data folder.
+pub const FILE_NAME: &str = "broker.redb";
+
+/// Record id to encoded record (see [`encode`]).
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+/// (event name, record id): the records of each name in insertion order.
+const BY_EVENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_event");
+/// (timestamp, record id) of every pending record, in publication order.
+const PENDING: TableDefinition<(u64, u64), ()> = TableDefinition::new("pending");
+/// Publication id to record id.
+const PUBLICATIONS: TableDefinition<u64, u64> = TableDefinition::new("publications");
+/// Event name to the publication id of its current version.
+const CURRENT: TableDefinition<&str, u64> = TableDefinition::new("current");
+/// Format marker, checked on open.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The layout written by this version; bump it when the tables change.
+const FORMAT_VERSION: u64 = 1;
+
+/// A [`Storage`] backed by a redb database file.
+#[derive(Debug)]
+pub struct RedbStorage {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RedbStorage {
+    /// Opens `broker.redb` in `data_dir`, creating the file and its tables if
+    /// they do not exist.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StorageError::Open`] when the file cannot be opened (for
+    /// example because another process has it open) or holds another layout.
+    pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
+        let path = data_dir.join(FILE_NAME);
+        let open_failed = |source: ::redb::Error| StorageError::Open {
+            path: path.clone(),
+            source: source.into(),
+        };
+
+        let db = Database::create(&path).map_err(|e| open_failed(e.into()))?;
+        let txn = db.begin_write().map_err(|e| open_failed(e.into()))?;
+        {
+            txn.open_table(RECORDS).map_err(|e| open_failed(e.into()))?;
+            txn.open_table(BY_EVENT)
+                .map_err(|e| open_failed(e.into()))?;
+            txn.open_table(PENDING).map_err(|e| open_failed(e.into()))?;
+            txn.open_table(PUBLICATIONS)
+                .map_err(|e| open_failed(e.into()))?;
+            txn.open_table(CURRENT).map_err(|e| open_failed(e.into()))?;
+
+            let mut meta = txn.open_table(META).map_err(|e| open_failed(e.into()))?;
+            let format = meta.get("format").map_err(|e| open_failed(e.into()))?;
+            match format.map(|guard| guard.value()) {
+                None => {
+                    meta.insert("format", FORMAT_VERSION)
+                        .map_err(|e| open_failed(e.into()))?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(other) => {
+                    return Err(StorageError::Open {
+                        path,
+                        source: format!(
+                            "the file has layout version {other}, but this build reads version \
+                             {FORMAT_VERSION}; use a matching Broker version or another data folder"
+                        )
+                        .into(),
+                    })
+                }
+            }
+        }
+        txn.commit().map_err(|e| open_failed(e.into()))?;
+        Ok(Self { db, path })
+    }
+
+    /// Returns the path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Storage for RedbStorage {
+    fn append(&self, versions: &[Version], now: u64) -> Result<Appended, StorageError> {
+        self.try_append(versions, now)
+            .map_err(|failure| failure.during("append"))
+    }
+
+    fn current(&self) -> Result<Vec<Publication>, StorageError> {
+        self.try_current()
+            .map_err(|failure| failure.during("current"))
+    }
+
+    fn collection(&self, event: &str) -> Result<Vec<Record>, StorageError> {
+        self.try_collection(event)
+            .map_err(|failure| failure.during("collection"))
+    }
+}
+
+impl RedbStorage {
+    fn try_append(&self, versions: &[Version], now: u64) -> Result<Appended, Failure> {
+        let txn = self.db.begin_write()?;
+        let appended = {
+            let mut records = txn.open_table(RECORDS)?;
+            let mut by_event = txn.open_table(BY_EVENT)?;
+            let mut pending = txn.open_table(PENDING)?;
+            let mut publications = txn.open_table(PUBLICATIONS)?;
+            let mut current = txn.open_table(CURRENT)?;
+
+            // Store the new versions as pending records.
+            let first_id = last_key(&records)? + 1;
+            let mut stored = Vec::with_capacity(versions.len());
+            for (id, version) in (first_id..).zip(versions) {
+                records.insert(id, encode(version).as_slice())?;
+                by_event.insert((version.event.as_str(), id), ())?;
+                pending.insert((version.timestamp, id), ())?;
+                stored.push(Record {
+                    id,
+                    event: version.event.clone(),
+                    timestamp: version.timestamp,
+                    published: false,
+                    data: version.data.clone(),
+                });
+            }
+
+            // Publish everything due, in (timestamp, id) order.
+            let due = pending
+                .range(..=(now, u64::MAX))?
+                .map(|entry| entry.map(|(key, _)| key.value()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut publication_id = last_key(&publications)?;
+            let mut published = Vec::with_capacity(due.len());
+            for (timestamp, record_id) in due {
+                pending.remove((timestamp, record_id))?;
+                publication_id += 1;
+                publications.insert(publication_id, record_id)?;
+
+                let record = match record_id.checked_sub(first_id) {
+                    Some(index) => {
+                        let record = &mut stored[index as usize];
+                        record.published = true;
+                        record.clone()
+                    }
+                    None => read_record(&records, record_id, true)?,
+                };
+                current.insert(record.event.as_str(), publication_id)?;
+                published.push(Publication {
+                    id: publication_id,
+                    record,
+                });
+            }
+
+            let next_due = pending.first()?.map(|(key, _)| key.value().0);
+            Appended {
+                records: stored,
+                published,
+                next_due,
+            }
+        };
+        txn.commit()?;
+        Ok(appended)
+    }
+
+    fn try_current(&self) -> Result<Vec<Publication>, Failure> {
+        let txn = self.db.begin_read()?;
+        let records = txn.open_table(RECORDS)?;
+        let publications = txn.open_table(PUBLICATIONS)?;
+        let current = txn.open_table(CURRENT)?;
+
+        let mut latest = Vec::new();
+        for entry in current.iter()? {
+            let (_, publication_id) = entry?;
+            let publication_id = publication_id.value();
+            let record_id = publications
+                .get(publication_id)?
+                .ok_or_else(|| StorageError::Corrupt {
+                    id: publication_id,
+                    reason: "the current version points to a missing publication".into(),
+                })?
+                .value();
+            latest.push(Publication {
+                id: publication_id,
+                record: read_record(&records, record_id, true)?,
+            });
+        }
+        latest.sort_unstable_by_key(|publication| publication.id);
+        Ok(latest)
+    }
+
+    fn try_collection(&self, event: &str) -> Result<Vec<Record>, Failure> {
+        let txn = self.db.begin_read()?;
+        let records = txn.open_table(RECORDS)?;
+        let by_event = txn.open_table(BY_EVENT)?;
+        let pending = txn.open_table(PENDING)?;
+
+        let mut versions = Vec::new();
+        for entry in by_event.range((event, 0)..=(event, u64::MAX))? {
+            let (key, _) = entry?;
+            let (_, id) = key.value();
+            let mut record = read_record(&records, id, true)?;
+            record.published = pending.get((record.timestamp, id))?.is_none();
+            versions.push(record);
+        }
+        Ok(versions)
+    }
+}
+
+/// A failed read or write: an error from redb, or a record it returned that
+/// does not decode.
+#[derive(Debug)]
+enum Failure {
+    Redb(::redb::Error),
+    Corrupt(StorageError),
+}
+
+impl Failure {
+    fn during(self, operation: &'static str) -> StorageError {
+        match self {
+            Self::Redb(error) => StorageError::backend(operation, error),
+            Self::Corrupt(error) => error,
+        }
+    }
+}
+
+impl From<StorageError> for Failure {
+    fn from(error: StorageError) -> Self {
+        Self::Corrupt(error)
+    }
+}
+
+macro_rules! redb_failures {
+    ($($error:ty),*) => {$(
+        impl From<$error> for Failure {
+            fn from(error: $error) -> Self {
+                Self::Redb(error.into())
+            }
+        }
+    )*};
+}
+
+redb_failures!(
+    ::redb::Error,
+    ::redb::StorageError,
+    ::redb::TableError,
+    ::redb::TransactionError,
+    ::redb::CommitError
+);
+
+/// Returns the largest key of a table keyed by id, or 0 when it is empty.
+fn last_key<V: ::redb::Value + 'static>(
+    table: &impl ReadableTable<u64, V>,
+) -> Result<u64, ::redb::StorageError> {
+    Ok(table.last()?.map_or(0, |(key, _)| key.value()))
+}
+
+fn read_record(
+    records: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+    published: bool,
+) -> Result<Record, Failure> {
+    let bytes = records.get(id)?.ok_or_else(|| StorageError::Corrupt {
+        id,
+        reason: "the record is missing".into(),
+    })?;
+    Ok(decode(id, bytes.value(), published)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn version(event: &str, timestamp: u64, data: &str) -> Version {
+        Version {
+            event: event.to_owned(),
+            timestamp,
+            data: RawValue::from_string(data.to_owned()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn append_publishes_due_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = RedbStorage::open(dir.path()).unwrap();
+
+        let appended = storage
+            .append(
+                &[
+                    version("a", 30, "1"),
+                    version("b", 10, "2"),
+                    version("a", 20, "3"),
+                ],
+                15,
+            )
+            .unwrap();
+        let ids: Vec<u64> = appended.records.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(appended.published.len(), 1);
+        assert_eq!(appended.published[0].record.id, 2);
+        assert_eq!(appended.next_due, Some(20));
+
+        let later = storage.append(&[], 40).unwrap();
+        let order: Vec<(u64, u64)> = later
+            .published
+            .iter()
+            .map(|p| (p.id, p.record.id))
+            .collect();
+        assert_eq!(order, [(2, 3), (3, 1)]);
+        assert_eq!(later.next_due, None);
+    }
+
+    #[test]
+    fn reopen_keeps_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = RedbStorage::open(dir.path()).unwrap();
+            storage
+                .append(&[version("a", 1, "{\"x\":1}"), version("a", 99, "2")], 5)
+                .unwrap();
+        }
+        let storage = RedbStorage::open(dir.path()).unwrap();
+
+        let current = storage.current().unwrap();
+        assert_eq!(current.len(), 1);
+        assert_eq!(current[0].record.data.get(), "{\"x\":1}");
+
+        let collection = storage.collection("a").unwrap();
+        let published: Vec<bool> = collection.iter().map(|r| r.published).collect();
+        assert_eq!(published, [true, false]);
+        assert!(storage.collection("b").unwrap().is_empty());
+
+        let appended = storage.append(&[version("c", 1, "null")], 5).unwrap();
+        assert_eq!(appended.records[0].id, 3);
+        assert_eq!(appended.published[0].id, 2);
+    }
+}

@@ -1,0 +1,220 @@
+//! The HTTP and SSE API served by [axum](https://docs.rs/axum) on tokio.
+//!
+//! This module only routes: request checks, error bodies, CORS and SSE
+//! framing come from the runtime-agnostic [`api`] and
+//! [`sse`](crate::sse) modules, so every runtime responds the same.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::Router;
+use futures_core::Stream;
+use futures_util::StreamExt;
+use tokio::net::TcpListener;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use crate::api::{self, ApiError};
+use crate::sse::KeepAlive;
+use crate::Broker;
+
+/// Builds the axum [`Router`] for the whole API, ready to nest or serve.
+pub fn router(broker: Broker) -> Router {
+    let body_limit = broker.config().body_limit;
+    Router::new()
+        .route("/insert", post(insert))
+        .route("/events", get(events))
+        .route("/collection/{event}", get(collection))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(broker.clone(), cors))
+        .with_state(broker)
+}
+
+/// Serves the API on `listener` until the process ends.
+///
+/// # Errors
+///
+/// Returns the I/O error that stopped the server.
+pub async fn serve(broker: Broker, listener: TcpListener) -> io::Result<()> {
+    serve_with_shutdown(broker, listener, std::future::pending()).await
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then ends every
+/// SSE stream, lets requests in flight finish, and returns.
+///
+/// # Errors
+///
+/// Returns the I/O error that stopped the server.
+pub async fn serve_with_shutdown<F>(
+    broker: Broker,
+    listener: TcpListener,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let app = router(broker.clone());
+    // Small SSE frames should leave at once rather than wait for Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "failed to set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: ending streams, finishing requests in flight");
+            broker.close().await;
+        })
+        .await
+}
+
+async fn insert(
+    State(broker): State<Broker>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(&broker, rejection).into_response(),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|value| value.to_str().unwrap_or("(not ASCII)"));
+    match api::insert(&broker, content_type, &body).await {
+        Ok(record) => json(StatusCode::CREATED, record),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn events(State(broker): State<Broker>) -> Response {
+    let subscription = match broker.subscribe().await {
+        Ok(subscription) => subscription,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let ticks = Ticks::new(broker.config().keep_alive);
+    let stream = KeepAlive::new(subscription, ticks).map(Ok::<_, Infallible>);
+
+    let mut response = Response::new(Body::from_stream(stream));
+    for (name, value) in api::SSE_HEADERS {
+        response.headers_mut().insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    response
+}
+
+async fn collection(
+    State(broker): State<Broker>,
+    event: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Path(event) = match event {
+        Ok(event) => event,
+        Err(rejection) => {
+            let reason = rejection.body_text();
+            return ApiError::InvalidPath { reason }.into_response();
+        }
+    };
+    match api::collection(&broker, &event).await {
+        Ok(records) => json(StatusCode::OK, records),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn not_found(uri: Uri) -> Response {
+    let path = uri.path().to_owned();
+    ApiError::NotFound { path }.into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let error = ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    };
+    error.into_response()
+}
+
+/// Adds CORS headers to every response and responds to preflights itself.
+async fn cors(State(broker): State<Broker>, request: Request, next: Next) -> Response {
+    let origins = &broker.config().allowed_origins;
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+
+    let (mut response, headers) = if request.method() == Method::OPTIONS {
+        let headers = api::preflight_headers(origins, origin.as_deref());
+        (StatusCode::NO_CONTENT.into_response(), headers)
+    } else {
+        let response = next.run(request).await;
+        (response, api::cors_headers(origins, origin.as_deref()))
+    };
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
+}
+
+fn body_rejection(broker: &Broker, rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::BodyTooLarge {
+            limit: broker.config().body_limit,
+        }
+    } else {
+        ApiError::BodyUnreadable {
+            reason: rejection.body_text(),
+        }
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response {
+    let content_type = [(header::CONTENT_TYPE, "application/json")];
+    (status, content_type, body).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        json(status, self.to_json())
+    }
+}
+
+/// A tick per keep-alive interval, the first one interval after the start.
+struct Ticks(Interval);
+
+impl Ticks {
+    fn new(period: Duration) -> Self {
+        // tokio panics on a zero period.
+        let period = period.max(Duration::from_millis(1));
+        let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self(interval)
+    }
+}
+
+impl Stream for Ticks {
+    type Item = ();
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        self.0.poll_tick(cx).map(|_| Some(()))
+    }
+}

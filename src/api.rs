@@ -1,0 +1,264 @@
+//! The HTTP API without a web framework: request checks, error bodies, CORS
+//! and SSE headers. Each runtime routes requests here, so that every runtime
+//! responds byte for byte the same.
+
+use bytes::Bytes;
+use serde::Serialize;
+use tracing::{debug, error};
+
+use crate::broker::Broker;
+use crate::config::AllowedOrigins;
+use crate::error::{Error, InsertError};
+use crate::event::NewEvent;
+
+/// Headers of every `GET /events` response.
+pub const SSE_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
+/// Methods allowed by a CORS preflight.
+pub const ALLOWED_METHODS: &str = "GET, POST, OPTIONS";
+
+/// Request headers allowed by a CORS preflight.
+pub const ALLOWED_HEADERS: &str = "content-type, authorization, last-event-id";
+
+/// How long browsers may cache a preflight response, in seconds.
+pub const PREFLIGHT_MAX_AGE: &str = "86400";
+
+/// A request that the API rejects, with its status and a JSON body.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The insert body is not a valid event: `400`.
+    #[error(transparent)]
+    Insert(#[from] InsertError),
+
+    /// The body is larger than the configured limit: `413`.
+    #[error("request body is larger than the limit of {limit} bytes; send a smaller body or raise BROKER_BODY_LIMIT")]
+    BodyTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+
+    /// The body could not be read from the connection: `400`.
+    #[error("failed to read the request body: {reason}")]
+    BodyUnreadable {
+        /// The transport's description of the failure.
+        reason: String,
+    },
+
+    /// The content type is neither JSON nor plain text: `415`.
+    #[error("content type {content_type:?} is not supported; send Content-Type: application/json or text/plain (with curl: -H 'Content-Type: application/json')")]
+    UnsupportedMediaType {
+        /// The content type sent.
+        content_type: String,
+    },
+
+    /// No route matches the path: `404`.
+    #[error(
+        "no route for {path}; the API is POST /insert, GET /events and GET /collection/{{event}}"
+    )]
+    NotFound {
+        /// The path requested.
+        path: String,
+    },
+
+    /// The route exists but not for this method: `405`.
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path requested.
+        path: String,
+    },
+
+    /// The path does not decode to a valid event name: `400`.
+    #[error("the path is not a valid event name: {reason}; percent-encode the name as UTF-8")]
+    InvalidPath {
+        /// The decoding error.
+        reason: String,
+    },
+
+    /// The broker cannot serve the request now: `503`.
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(#[source] Error),
+}
+
+impl ApiError {
+    /// Returns the HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Insert(_) | Self::BodyUnreadable { .. } | Self::InvalidPath { .. } => 400,
+            Self::NotFound { .. } => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::BodyTooLarge { .. } => 413,
+            Self::UnsupportedMediaType { .. } => 415,
+            Self::Unavailable(_) => 503,
+        }
+    }
+
+    /// Returns a short, stable code for the kind of error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Insert(error) => error.code(),
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyUnreadable { .. } => "body_unreadable",
+            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Self::NotFound { .. } => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::InvalidPath { .. } => "invalid_path",
+            Self::Unavailable(Error::ShuttingDown) => "shutting_down",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Returns the JSON body: `{"error": code, "message": text, "field": name}`,
+    /// where `field` appears only when one field is at fault.
+    pub fn to_json(&self) -> Bytes {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            message: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            field: Option<&'a str>,
+        }
+        let field = match self {
+            Self::Insert(error) => error.field(),
+            _ => None,
+        };
+        let body = Body {
+            error: self.code(),
+            message: self.to_string(),
+            field,
+        };
+        serde_json::to_vec(&body)
+            .expect("an error body serializes")
+            .into()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Insert(error) => Self::Insert(error),
+            other => {
+                match &other {
+                    Error::ShuttingDown => debug!("request rejected during shutdown"),
+                    _ => {
+                        error!(error = %other, source = ?std::error::Error::source(&other), "request failed")
+                    }
+                }
+                Self::Unavailable(other)
+            }
+        }
+    }
+}
+
+/// Handles `POST /insert`: checks the content type, parses the body and
+/// stores the event. Returns the record for a `201`.
+///
+/// # Errors
+///
+/// Returns an [`ApiError`] for a bad content type or body (nothing stored)
+/// and for a storage failure.
+pub async fn insert(
+    broker: &Broker,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Bytes, ApiError> {
+    check_content_type(content_type)?;
+    let event = NewEvent::from_json(body)?;
+    let record = broker.insert(event).await?;
+    Ok(to_json(&record))
+}
+
+/// Handles `GET /collection/{event}` for an already decoded name.
+///
+/// # Errors
+///
+/// Returns [`ApiError::Unavailable`] when storage fails.
+pub async fn collection(broker: &Broker, event: &str) -> Result<Bytes, ApiError> {
+    let records = broker.collection(event).await?;
+    Ok(to_json(&records))
+}
+
+/// Accepts JSON (`application/json`, `*/*+json`), `text/plain` (which
+/// browsers send without a CORS preflight) and a missing content type.
+fn check_content_type(content_type: Option<&str>) -> Result<(), ApiError> {
+    let Some(content_type) = content_type else {
+        return Ok(());
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let accepted = essence == "application/json"
+        || essence == "text/plain"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if accepted {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType {
+            content_type: content_type.to_owned(),
+        })
+    }
+}
+
+/// Returns the CORS headers for a response to a request from `origin`.
+pub fn cors_headers(origins: &AllowedOrigins, origin: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut headers = Vec::with_capacity(2);
+    if let Some(allowed) = origins.allow(origin) {
+        headers.push(("access-control-allow-origin", allowed.to_owned()));
+    }
+    if let AllowedOrigins::List(_) = origins {
+        // The header depends on the request's origin, so caches must key on it.
+        headers.push(("vary", "origin".to_owned()));
+    }
+    headers
+}
+
+/// Returns the headers of a `204` response to a CORS preflight.
+pub fn preflight_headers(
+    origins: &AllowedOrigins,
+    origin: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut headers = cors_headers(origins, origin);
+    headers.push(("access-control-allow-methods", ALLOWED_METHODS.to_owned()));
+    headers.push(("access-control-allow-headers", ALLOWED_HEADERS.to_owned()));
+    headers.push(("access-control-max-age", PREFLIGHT_MAX_AGE.to_owned()));
+    headers
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Bytes {
+    serde_json::to_vec(value)
+        .expect("records serialize to JSON")
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        assert!(check_content_type(None).is_ok());
+        assert!(check_content_type(Some("application/json; charset=utf-8")).is_ok());
+        assert!(check_content_type(Some("Text/Plain;charset=UTF-8")).is_ok());
+        assert!(check_content_type(Some("application/ld+json")).is_ok());
+        let error = check_content_type(Some("application/x-www-form-urlencoded")).unwrap_err();
+        assert_eq!(error.status(), 415);
+    }
+
+    #[test]
+    fn error_body_names_field() {
+        let error = ApiError::from(InsertError::EmptyEvent);
+        let body: serde_json::Value = serde_json::from_slice(&error.to_json()).unwrap();
+        assert_eq!(body["error"], "invalid_event");
+        assert_eq!(body["field"], "event");
+        assert!(body["message"].as_str().unwrap().contains("1 to 256 bytes"));
+    }
+}

@@ -1,0 +1,277 @@
+//! The [`Broker`] handle and the [`Subscription`] stream it hands out.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread;
+
+use async_channel::{Receiver, Sender};
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use futures_core::Stream;
+use tracing::debug;
+
+use crate::config::Config;
+use crate::core::{self, Command, Core};
+use crate::error::{Error, StorageError};
+use crate::event::{NewEvent, Record};
+use crate::storage::{Storage, Version};
+
+/// Threads that serve storage reads, beside the core thread that writes.
+const READ_THREADS: usize = 2;
+
+/// Maximum bytes of queued messages joined into one write to a client.
+const MAX_CHUNK: usize = 64 * 1024;
+
+/// A cloneable handle to a running broker.
+///
+/// The broker's core runs on a thread of its own and every method here talks
+/// to it over a channel, so the handle works from any async runtime. The core
+/// stops when the last handle and the last [`Subscription`] are dropped.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: Sender<Command>,
+    reads: Sender<ReadJob>,
+    storage: Arc<dyn Storage>,
+    config: Config,
+}
+
+type ReadJob = Box<dyn FnOnce() + Send>;
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Opens the default storage in `config.data_dir`, creating the folder
+    /// if needed, and starts the broker.
+    ///
+    /// The default storage is redb. Opening happens on the broker's own
+    /// thread, so this never blocks the caller's executor.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::DataDir`] when the folder cannot be created, and
+    /// [`Error::Storage`] when the database cannot be opened or read.
+    #[cfg(feature = "redb")]
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        let data_dir = config.data_dir.clone();
+        Self::start(config, move || {
+            std::fs::create_dir_all(&data_dir).map_err(|source| Error::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+            let storage = crate::backends::redb::RedbStorage::open(&data_dir)?;
+            Ok(Arc::new(storage) as Arc<dyn Storage>)
+        })
+        .await
+    }
+
+    /// Starts a broker on a storage backend of your own.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Storage`] when the storage cannot be read at start.
+    pub async fn with_storage(config: Config, storage: impl Storage) -> Result<Self, Error> {
+        let storage: Arc<dyn Storage> = Arc::new(storage);
+        Self::start(config, move || Ok(storage)).await
+    }
+
+    /// Opens storage with `open` on a new core thread, starts the core there
+    /// and the read threads beside it.
+    async fn start<F>(config: Config, open: F) -> Result<Self, Error>
+    where
+        F: FnOnce() -> Result<Arc<dyn Storage>, Error> + Send + 'static,
+    {
+        let (commands, command_queue) = async_channel::unbounded();
+        let (started, ready) = oneshot::channel();
+        let queue_capacity = config.queue_capacity;
+
+        thread::Builder::new()
+            .name("broker-core".into())
+            .spawn(move || {
+                let core = open().and_then(|storage| {
+                    let core = Core::start(storage.clone(), command_queue, queue_capacity)?;
+                    Ok((core, storage))
+                });
+                match core {
+                    Ok((core, storage)) => {
+                        if started.send(Ok(storage)).is_ok() {
+                            core.run();
+                        }
+                    }
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                    }
+                }
+            })
+            .expect("the OS can start a thread");
+        let storage = ready.await.map_err(|_| Error::Stopped)??;
+
+        let (reads, read_queue) = async_channel::unbounded::<ReadJob>();
+        for _ in 0..READ_THREADS {
+            let read_queue = read_queue.clone();
+            thread::Builder::new()
+                .name("broker-read".into())
+                .spawn(move || {
+                    while let Ok(job) = read_queue.recv_blocking() {
+                        job();
+                    }
+                })
+                .expect("the OS can start a thread");
+        }
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                commands,
+                reads,
+                storage,
+                config,
+            }),
+        })
+    }
+
+    /// Returns the configuration the broker was started with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Stores a version and publishes it when its timestamp comes.
+    ///
+    /// Returns the stored record once it is durable. A version without a
+    /// timestamp is due now.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Storage`] when the write fails; nothing was stored then.
+    pub async fn insert(&self, event: NewEvent) -> Result<Record, Error> {
+        let (event, timestamp, data) = event.into_parts(core::now());
+        let version = Version {
+            event,
+            timestamp,
+            data,
+        };
+        let (reply, record) = oneshot::channel();
+        self.send(Command::Insert { version, reply }).await?;
+        record.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Subscribes to publications: first the current version of every name,
+    /// then every publication as it happens.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::ShuttingDown`] after [`Broker::close`].
+    pub async fn subscribe(&self) -> Result<Subscription, Error> {
+        let (reply, subscriber) = oneshot::channel();
+        self.send(Command::Subscribe { reply }).await?;
+        let subscriber = subscriber.await.map_err(|_| Error::Stopped)??;
+        Ok(Subscription {
+            id: subscriber.id,
+            snapshot: Some(subscriber.snapshot).filter(|s| !s.is_empty()),
+            live: Box::pin(subscriber.live),
+            commands: self.inner.commands.clone(),
+        })
+    }
+
+    /// Returns every version of `event`, pending and published, in
+    /// insertion order.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Storage`] when the read fails.
+    pub async fn collection(&self, event: &str) -> Result<Vec<Record>, Error> {
+        let storage = self.inner.storage.clone();
+        let event = event.to_owned();
+        let (reply, records) = oneshot::channel::<Result<Vec<Record>, StorageError>>();
+        let job: ReadJob = Box::new(move || {
+            let _ = reply.send(storage.collection(&event));
+        });
+        self.inner
+            .reads
+            .send(job)
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok(records.await.map_err(|_| Error::Stopped)??)
+    }
+
+    /// Ends every subscription and refuses new ones, for a graceful shutdown.
+    ///
+    /// Inserts are still accepted, so that requests in flight can finish.
+    pub async fn close(&self) {
+        debug!("closing subscriptions");
+        let _ = self.inner.commands.send(Command::Close).await;
+    }
+
+    async fn send(&self, command: Command) -> Result<(), Error> {
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+}
+
+/// A stream of SSE-encoded bytes for one subscriber.
+///
+/// Yields the snapshot first, then live messages, several joined into one
+/// chunk when they queue up. Ends when the broker closes or drops the
+/// subscriber for falling behind. Dropping it unsubscribes.
+pub struct Subscription {
+    id: u64,
+    snapshot: Option<Bytes>,
+    live: Pin<Box<Receiver<Bytes>>>,
+    commands: Sender<Command>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("queued", &self.live.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(snapshot) = self.snapshot.take() {
+            return Poll::Ready(Some(snapshot));
+        }
+        let first = match self.live.as_mut().poll_next(cx) {
+            Poll::Ready(Some(frame)) => frame,
+            other => return other,
+        };
+        if self.live.is_empty() {
+            return Poll::Ready(Some(first));
+        }
+
+        // Join what else is queued, so a burst costs one write, not one per message.
+        let mut chunk = BytesMut::from(&first[..]);
+        while chunk.len() < MAX_CHUNK {
+            match self.live.try_recv() {
+                Ok(frame) => chunk.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        Poll::Ready(Some(chunk.freeze()))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // The command queue is unbounded, so this only fails once the core is gone.
+        let _ = self.commands.try_send(Command::Unsubscribe { id: self.id });
+    }
+}

@@ -1,0 +1,177 @@
+//! Broker configuration and its defaults.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Default folder for the database, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./tmp";
+
+/// Default maximum request body, in bytes (1 MiB).
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Default interval between SSE keep-alive comments.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Default number of messages a subscriber may have queued before it is
+/// disconnected as too slow.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+
+/// Settings for a [`Broker`](crate::Broker).
+///
+/// Start from [`Config::default`] and change what you need:
+///
+/// ```
+/// let config = broker::Config::default()
+///     .with_data_dir("/var/lib/broker")
+///     .with_allowed_origins("https://app.example".parse().unwrap());
+/// assert_eq!(config.body_limit, broker::config::DEFAULT_BODY_LIMIT);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Folder that holds the database; created if missing.
+    pub data_dir: PathBuf,
+    /// Origins allowed by CORS.
+    pub allowed_origins: AllowedOrigins,
+    /// Maximum request body in bytes; larger bodies get `413`.
+    pub body_limit: usize,
+    /// Interval between keep-alive comments on idle SSE streams.
+    pub keep_alive: Duration,
+    /// Messages a subscriber may have queued before it is disconnected.
+    pub queue_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            allowed_origins: AllowedOrigins::Any,
+            body_limit: DEFAULT_BODY_LIMIT,
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+impl Config {
+    /// Sets the folder that holds the database.
+    pub fn with_data_dir(mut self, data_dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = data_dir.into();
+        self
+    }
+
+    /// Sets the origins allowed by CORS.
+    pub fn with_allowed_origins(mut self, origins: AllowedOrigins) -> Self {
+        self.allowed_origins = origins;
+        self
+    }
+
+    /// Sets the maximum request body, in bytes.
+    pub fn with_body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Sets the interval between SSE keep-alive comments.
+    pub fn with_keep_alive(mut self, interval: Duration) -> Self {
+        self.keep_alive = interval;
+        self
+    }
+
+    /// Sets how many messages a subscriber may have queued before it is
+    /// disconnected as too slow.
+    pub fn with_queue_capacity(mut self, messages: usize) -> Self {
+        self.queue_capacity = messages;
+        self
+    }
+}
+
+/// The origins that CORS allows.
+///
+/// Parses from `*` or a comma-separated list of exact origins such as
+/// `https://a.example,http://localhost:5173`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// Any origin: responses carry `Access-Control-Allow-Origin: *`.
+    Any,
+    /// Only these origins, compared exactly; a match is echoed back.
+    List(Vec<String>),
+}
+
+impl AllowedOrigins {
+    /// Returns the `Access-Control-Allow-Origin` value for a request from
+    /// `origin`, or `None` when that origin is not allowed.
+    pub fn allow(&self, origin: Option<&str>) -> Option<&str> {
+        match self {
+            Self::Any => Some("*"),
+            Self::List(list) => {
+                let origin = origin?;
+                list.iter()
+                    .map(String::as_str)
+                    .find(|&allowed| allowed == origin)
+            }
+        }
+    }
+}
+
+impl FromStr for AllowedOrigins {
+    type Err = InvalidOrigin;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.trim() == "*" {
+            return Ok(Self::Any);
+        }
+        let mut list = Vec::new();
+        for origin in text.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let valid = origin.starts_with("http://") || origin.starts_with("https://");
+            if !valid || origin.ends_with('/') || origin.contains('*') {
+                return Err(InvalidOrigin(origin.to_owned()));
+            }
+            list.push(origin.to_owned());
+        }
+        if list.is_empty() {
+            return Err(InvalidOrigin(text.to_owned()));
+        }
+        Ok(Self::List(list))
+    }
+}
+
+impl fmt::Display for AllowedOrigins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("*"),
+            Self::List(list) => f.write_str(&list.join(",")),
+        }
+    }
+}
+
+/// An origin that is neither `*` nor `scheme://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid origin {0:?}: expected `*` or a comma-separated list such as https://app.example,http://localhost:5173 (no path, no trailing slash)")]
+pub struct InvalidOrigin(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_parse_list() {
+        let origins: AllowedOrigins = "https://a.example, http://localhost:5173".parse().unwrap();
+        assert_eq!(
+            origins.allow(Some("https://a.example")),
+            Some("https://a.example")
+        );
+        assert_eq!(origins.allow(Some("https://b.example")), None);
+        assert_eq!(origins.allow(None), None);
+    }
+
+    #[test]
+    fn origins_reject_paths() {
+        assert!("https://a.example/".parse::<AllowedOrigins>().is_err());
+        assert!("a.example".parse::<AllowedOrigins>().is_err());
+        assert!(",".parse::<AllowedOrigins>().is_err());
+        assert_eq!("*".parse::<AllowedOrigins>(), Ok(AllowedOrigins::Any));
+    }
+}

@@ -1,0 +1,328 @@
+//! The core: one thread that owns the write side of storage, the schedule of
+//! future events, the current version of every name and the subscriber
+//! registry.
+//!
+//! Every [`Broker`](crate::Broker) handle talks to it over an async-channel,
+//! so the core runs the same under any async runtime, or none. Because one
+//! thread applies every command in order, publication order, the snapshot a
+//! new subscriber gets and the live messages after it always agree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_channel::{Receiver, Sender, TryRecvError};
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use tracing::{debug, error, warn};
+
+use crate::error::{Error, StorageError};
+use crate::event::{Publication, Record};
+use crate::sse;
+use crate::storage::{Storage, Version};
+
+/// Maximum inserts committed in one storage append.
+const MAX_BATCH: usize = 1024;
+
+/// The longest the core sleeps without looking at the wall clock, so that a
+/// clock change delays a due event by at most this much.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// How long the core waits before it retries publishing after a storage failure.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// A request to the core.
+pub(crate) enum Command {
+    /// Store a version and reply with its record once it is durable.
+    Insert {
+        version: Version,
+        reply: oneshot::Sender<Result<Record, Error>>,
+    },
+    /// Register a subscriber and reply with the snapshot and its live queue.
+    Subscribe {
+        reply: oneshot::Sender<Result<Subscriber, Error>>,
+    },
+    /// Forget a subscriber whose stream was dropped.
+    Unsubscribe { id: u64 },
+    /// End every stream and take no new subscribers.
+    Close,
+}
+
+/// A new subscriber's snapshot and live queue, as the core hands them out.
+pub(crate) struct Subscriber {
+    pub(crate) id: u64,
+    /// The current version of every name, as one chunk of SSE messages.
+    pub(crate) snapshot: Bytes,
+    /// Live messages, one SSE frame each.
+    pub(crate) live: Receiver<Bytes>,
+}
+
+/// The core's state. Lives on its own thread; see [`Core::run`].
+pub(crate) struct Core {
+    storage: Arc<dyn Storage>,
+    commands: Receiver<Command>,
+    /// Live queues by subscriber id. Queues are unbounded channels whose
+    /// length the core checks before each send, because a bounded
+    /// async-channel allocates its whole capacity up front.
+    subscribers: HashMap<u64, Sender<Bytes>>,
+    next_subscriber: u64,
+    queue_capacity: usize,
+    /// Encoded current version of each name, keyed by publication id so
+    /// that a snapshot comes out in publication order.
+    current: BTreeMap<u64, Bytes>,
+    /// Publication id of each name's current version.
+    current_ids: HashMap<String, u64>,
+    /// Timestamp of the earliest pending version.
+    next_due: Option<u64>,
+    /// Set after a failed append, to pace retries of due publications.
+    retry_at: Option<Instant>,
+    closing: bool,
+    waker: Waker,
+}
+
+impl Core {
+    /// Loads the current versions and publishes what fell due while the
+    /// broker was down.
+    pub(crate) fn start(
+        storage: Arc<dyn Storage>,
+        commands: Receiver<Command>,
+        queue_capacity: usize,
+    ) -> Result<Self, StorageError> {
+        let mut core = Self {
+            storage,
+            commands,
+            subscribers: HashMap::new(),
+            next_subscriber: 1,
+            queue_capacity,
+            current: BTreeMap::new(),
+            current_ids: HashMap::new(),
+            next_due: None,
+            retry_at: None,
+            closing: false,
+            waker: Waker::from(Arc::new(ThreadWaker(thread::current()))),
+        };
+        for publication in core.storage.current()? {
+            core.set_current(&publication, sse::encode(&publication));
+        }
+        let appended = core.storage.append(&[], now())?;
+        core.next_due = appended.next_due;
+        for publication in &appended.published {
+            core.publish(publication);
+        }
+        Ok(core)
+    }
+
+    /// Serves commands until every handle is gone.
+    pub(crate) fn run(mut self) {
+        // The waker must unpark the thread that parks, which is this one.
+        self.waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+        loop {
+            let first = match self.wait() {
+                Wait::Command(command) => Some(command),
+                Wait::TimedOut => None,
+                Wait::Closed => break,
+            };
+
+            // Take every command already queued, so that concurrent inserts
+            // share one durable append.
+            let mut inserts = Vec::new();
+            if let Some(command) = first {
+                self.apply(command, &mut inserts);
+            }
+            while inserts.len() < MAX_BATCH {
+                match self.commands.try_recv() {
+                    Ok(command) => self.apply(command, &mut inserts),
+                    Err(_) => break,
+                }
+            }
+
+            let due = self.next_due.is_some_and(|timestamp| timestamp <= now())
+                && self.retry_at.is_none_or(|at| at <= Instant::now());
+            if !inserts.is_empty() || due {
+                self.append(inserts);
+            }
+        }
+        debug!("core stopped");
+    }
+
+    fn apply(&mut self, command: Command, inserts: &mut Vec<(Version, InsertReply)>) {
+        match command {
+            Command::Insert { version, reply } => inserts.push((version, reply)),
+            Command::Subscribe { reply } => self.subscribe(reply),
+            Command::Unsubscribe { id } => {
+                if self.subscribers.remove(&id).is_some() {
+                    debug!(subscriber = id, "subscriber left");
+                }
+            }
+            Command::Close => {
+                self.closing = true;
+                self.subscribers.clear();
+            }
+        }
+    }
+
+    /// Appends a batch of inserts, publishes what is due and replies to each insert.
+    fn append(&mut self, inserts: Vec<(Version, InsertReply)>) {
+        let (versions, replies): (Vec<Version>, Vec<InsertReply>) = inserts.into_iter().unzip();
+        match self.storage.append(&versions, now()) {
+            Ok(appended) => {
+                self.retry_at = None;
+                self.next_due = appended.next_due;
+                for publication in &appended.published {
+                    self.publish(publication);
+                }
+                for (reply, record) in replies.into_iter().zip(appended.records) {
+                    // A requester that went away still had its record stored.
+                    let _ = reply.send(Ok(record));
+                }
+            }
+            Err(failure) => {
+                error!(error = %failure, source = ?std::error::Error::source(&failure), inserts = versions.len(), "storage append failed");
+                self.retry_at = Some(Instant::now() + RETRY_DELAY);
+                let failure = Arc::new(failure);
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Storage(failure.clone())));
+                }
+            }
+        }
+    }
+
+    /// Makes `publication` its name's current version and sends it to every subscriber.
+    fn publish(&mut self, publication: &Publication) {
+        let frame = sse::encode(publication);
+        self.set_current(publication, frame.clone());
+        debug!(
+            publication = publication.id,
+            record = publication.record.id,
+            event = %publication.record.event,
+            subscribers = self.subscribers.len(),
+            "published"
+        );
+
+        let capacity = self.queue_capacity;
+        self.subscribers.retain(|&id, queue| {
+            if queue.len() >= capacity {
+                warn!(
+                    subscriber = id,
+                    capacity, "subscriber queue full, disconnecting the slow client"
+                );
+                return false;
+            }
+            queue.try_send(frame.clone()).is_ok()
+        });
+    }
+
+    fn set_current(&mut self, publication: &Publication, frame: Bytes) {
+        let name = publication.record.event.clone();
+        if let Some(previous) = self.current_ids.insert(name, publication.id) {
+            self.current.remove(&previous);
+        }
+        self.current.insert(publication.id, frame);
+    }
+
+    fn subscribe(&mut self, reply: oneshot::Sender<Result<Subscriber, Error>>) {
+        if self.closing {
+            let _ = reply.send(Err(Error::ShuttingDown));
+            return;
+        }
+
+        let id = self.next_subscriber;
+        self.next_subscriber += 1;
+        let (queue, live) = async_channel::unbounded();
+
+        let mut snapshot = BytesMut::with_capacity(self.current.values().map(Bytes::len).sum());
+        for frame in self.current.values() {
+            snapshot.extend_from_slice(frame);
+        }
+        let subscriber = Subscriber {
+            id,
+            snapshot: snapshot.freeze(),
+            live,
+        };
+
+        if reply.send(Ok(subscriber)).is_ok() {
+            self.subscribers.insert(id, queue);
+            debug!(
+                subscriber = id,
+                subscribers = self.subscribers.len(),
+                "subscriber joined"
+            );
+        }
+    }
+
+    /// Waits for a command, or until the next due time or retry time.
+    fn wait(&self) -> Wait {
+        match self.commands.try_recv() {
+            Ok(command) => return Wait::Command(command),
+            Err(TryRecvError::Closed) => return Wait::Closed,
+            Err(TryRecvError::Empty) => {}
+        }
+
+        let deadline = self.deadline();
+        let mut context = Context::from_waker(&self.waker);
+        let mut receive = std::pin::pin!(self.commands.recv());
+        loop {
+            match receive.as_mut().poll(&mut context) {
+                Poll::Ready(Ok(command)) => return Wait::Command(command),
+                Poll::Ready(Err(_)) => return Wait::Closed,
+                Poll::Pending => {}
+            }
+            match deadline {
+                None => thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Wait::TimedOut;
+                    }
+                    thread::park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+
+    /// Returns when the core must next wake without a command, if ever.
+    fn deadline(&self) -> Option<Instant> {
+        let due = self.next_due?;
+        let due_in = Duration::from_secs(due).saturating_sub(since_epoch());
+        let mut deadline = Instant::now() + due_in.min(MAX_SLEEP);
+        if let Some(retry_at) = self.retry_at {
+            deadline = deadline.max(retry_at);
+        }
+        Some(deadline)
+    }
+}
+
+type InsertReply = oneshot::Sender<Result<Record, Error>>;
+
+enum Wait {
+    Command(Command),
+    TimedOut,
+    Closed,
+}
+
+/// Wakes the core thread when a command arrives.
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Returns the current time in epoch seconds.
+pub(crate) fn now() -> u64 {
+    since_epoch().as_secs()
+}

@@ -1,0 +1,79 @@
+//! The storage contract that every backend implements.
+//!
+//! Broker's core calls a [`Storage`] from its own threads, never from an
+//! async executor, so implementations may block on disk or network I/O.
+
+use serde_json::value::RawValue;
+
+use crate::error::StorageError;
+use crate::event::{Publication, Record};
+
+/// An event version ready to store: name, due time and compact JSON data.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// Event name, already validated.
+    pub event: String,
+    /// Epoch second at which the version becomes due.
+    pub timestamp: u64,
+    /// Compact JSON data.
+    pub data: Box<RawValue>,
+}
+
+/// The outcome of one [`Storage::append`] call: what it stored and published.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// The stored records, one per appended version, in the same order.
+    pub records: Vec<Record>,
+    /// Every version published by this call, in publication id order.
+    pub published: Vec<Publication>,
+    /// The timestamp of the earliest version still pending, if any.
+    pub next_due: Option<u64>,
+}
+
+/// A durable, append-only event log.
+///
+/// The log contains two sequences. Records are numbered from 1 in insertion
+/// order. Publications are numbered from 1 in publication order, and each
+/// publishes one record exactly once. A record is *pending* until its
+/// publication.
+///
+/// Ids are never reused, even after a restart, and nothing is ever changed
+/// or deleted except a record's move from pending to published.
+///
+/// The core calls `append` from one thread at a time; the read methods may
+/// run concurrently with it and with each other, and must see either all or
+/// nothing of an append.
+pub trait Storage: Send + Sync + 'static {
+    /// Appends `versions`, then publishes every pending record whose
+    /// timestamp is at most `now`, in one atomic and durable step.
+    ///
+    /// New records get consecutive ids in the order given. Due records,
+    /// older ones and those just appended alike, are published in
+    /// `(timestamp, record id)` order, and each becomes the current version
+    /// of its name. Calling it with no versions publishes what is due.
+    ///
+    /// When this returns `Ok`, everything it reports survives a crash or a
+    /// power loss. When it returns `Err`, nothing of it was stored.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StorageError`] when the write or its sync fails.
+    fn append(&self, versions: &[Version], now: u64) -> Result<Appended, StorageError>;
+
+    /// Returns the current version of every event name: its latest
+    /// publication, in publication id order.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StorageError`] when the read fails or a record is unreadable.
+    fn current(&self) -> Result<Vec<Publication>, StorageError>;
+
+    /// Returns every record of `event`, pending and published, in insertion order.
+    ///
+    /// An unknown name returns an empty list.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StorageError`] when the read fails or a record is unreadable.
+    fn collection(&self, event: &str) -> Result<Vec<Record>, StorageError>;
+}

@@ -1,0 +1,93 @@
+//! Start-up settings and the `listening` log line.
+
+use serde_json::json;
+
+use crate::harness::{Launch, Pair, Server};
+
+/// Checks that the `listening` line names the address, storage and runtime in
+/// use, without colours, and that the data folder exists once the server listens.
+pub(crate) async fn startup_log(pair: Pair) {
+    let server = Server::start(pair).await;
+    let line = server.listening_line();
+
+    assert!(
+        server.addr().ip().is_loopback(),
+        "BROKER_HOST=127.0.0.1 should make the server listen on 127.0.0.1, line: {line:?}"
+    );
+    assert_ne!(
+        server.addr().port(),
+        0,
+        "PORT=0 should be reported as the port actually bound, line: {line:?}"
+    );
+    assert!(
+        !line.contains('\u{1b}'),
+        "the log line should have no ANSI escape codes when stdout is not a terminal: {line:?}"
+    );
+    // The pair must really be in use, or a pair could pass while running another backend.
+    let storage = format!("storage={}", pair.storage);
+    assert!(
+        line.contains(&storage),
+        "the `listening` line should contain {storage:?}: {line:?}"
+    );
+    let runtime = format!("runtime={}", pair.runtime);
+    assert!(
+        line.contains(&runtime),
+        "the `listening` line should contain {runtime:?}: {line:?}"
+    );
+    assert!(
+        server.data_dir().is_dir(),
+        "the data folder {} should be created when missing",
+        server.data_dir().display()
+    );
+}
+
+/// Checks host, port, data folder, storage and runtime given as flags instead
+/// of environment variables.
+pub(crate) async fn cli_flags(pair: Pair) {
+    let server = Server::launch(Launch::new(pair).with_flags()).await;
+
+    assert!(
+        server.addr().ip().is_loopback(),
+        "`--host 127.0.0.1` should make the server listen on 127.0.0.1, line: {:?}",
+        server.listening_line()
+    );
+    let record = server.insert(&json!({ "event": "flags" })).await;
+    assert_eq!(
+        record["event"], "flags",
+        "insert through a server configured by flags should store the event"
+    );
+    assert!(
+        server.data_dir().is_dir(),
+        "`--data-dir {}` should create that folder",
+        server.data_dir().display()
+    );
+}
+
+/// Checks that without a data folder setting the server stores under `./tmp`
+/// and keeps the data there across a restart.
+pub(crate) async fn default_data_dir(pair: Pair) {
+    let mut server = Server::launch(Launch::new(pair).with_default_data_dir()).await;
+    server.insert(&json!({ "event": "kept", "data": 1 })).await;
+
+    let folder = server.data_dir();
+    assert!(
+        folder.is_dir(),
+        "the default data folder ./tmp should be created in the working directory"
+    );
+    let entries = std::fs::read_dir(&folder)
+        .expect("failed to list the default data folder")
+        .count();
+    assert!(
+        entries > 0,
+        "the default data folder {} should contain the store after an insert",
+        folder.display()
+    );
+
+    server.restart().await;
+    let history = server.collection("kept").await;
+    assert_eq!(
+        history.len(),
+        1,
+        "the record in the default data folder should survive a restart, got {history:?}"
+    );
+}

@@ -1,0 +1,117 @@
+//! Black-box conformance suite for the `broker` binary.
+//!
+//! Every case starts its own `broker` process on 127.0.0.1 with a free port and
+//! a fresh temporary data folder, and talks to it over HTTP and SSE only. The
+//! cases check the public contract: inserts, validation, publication order and
+//! timing, history, CORS, and what survives a restart or `kill -9`.
+//!
+//! Layout:
+//! - `harness`: the server process, HTTP helpers and clock helpers.
+//! - `sse`: an SSE client over raw TCP that keeps the exact bytes of each message.
+//! - `cases`: the test bodies, one module per topic, each written once for any
+//!   runtime and storage pair.
+//!
+//! The `conformance!` invocation at the bottom stamps out one module per
+//! (runtime, storage) pair with one `#[tokio::test]` per case, so no pair can
+//! skip a case.
+
+mod cases;
+mod harness;
+mod sse;
+
+/// Expands to one `#[tokio::test]` per case, each calling `crate::cases::<path>(pair)`.
+///
+/// To add a case, write the function in `cases/` and add one line here.
+macro_rules! case_tests {
+    ($pair:ident: $($test:ident => $($path:ident)::+,)*) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                crate::cases::$($path)::+($pair).await
+            }
+        )*
+    };
+}
+
+/// Expands to one module per (runtime, storage) pair, each holding every case.
+macro_rules! conformance {
+    ($($(#[$attribute:meta])* $module:ident => ($runtime:literal, $storage:literal);)*) => {
+        $(
+            $(#[$attribute])*
+            mod $module {
+                const PAIR: crate::harness::Pair = crate::harness::Pair {
+                    runtime: $runtime,
+                    storage: $storage,
+                };
+
+                case_tests! { PAIR:
+                    startup_log => config::startup_log,
+                    cli_flags => config::cli_flags,
+                    default_data_dir => config::default_data_dir,
+
+                    insert_returns_record => insert::returns_record,
+                    insert_defaults => insert::defaults,
+                    insert_ignores_published => insert::ignores_published,
+                    insert_content_types => insert::content_types,
+                    insert_name_bytes => insert::name_bytes,
+                    insert_timestamp_bounds => insert::timestamp_bounds,
+                    data_kept_unchanged => insert::data_kept_unchanged,
+                    deep_data_handled => insert::deep_data_handled,
+
+                    reject_bad_body => validation::bad_body,
+                    reject_bad_event => validation::bad_event,
+                    reject_bad_timestamp => validation::bad_timestamp,
+                    reject_bad_published => validation::bad_published,
+                    reject_unknown_field => validation::unknown_field,
+                    reject_duplicate_field => validation::duplicate_field,
+                    body_over_limit => validation::body_over_limit,
+                    default_body_limit => validation::default_body_limit,
+                    unsupported_media_type => validation::unsupported_media_type,
+                    unknown_route => validation::unknown_route,
+                    wrong_method => validation::wrong_method,
+
+                    sync_on_connect => delivery::sync_on_connect,
+                    live_two_subscribers => delivery::live_two_subscribers,
+                    publication_ids_grow => delivery::publication_ids_grow,
+                    id_sequences_distinct => delivery::id_sequences_distinct,
+                    sse_headers => delivery::sse_headers,
+                    sse_message_format => delivery::sse_message_format,
+                    keep_alive_comment => delivery::keep_alive_comment,
+                    disconnect_spares_others => delivery::disconnect_spares_others,
+                    slow_subscriber_isolated => delivery::slow_subscriber_isolated,
+
+                    future_on_time => schedule::future_on_time,
+                    current_is_last_published => schedule::current_is_last_published,
+                    due_together_order => schedule::due_together_order,
+
+                    collection_insertion_order => collection::insertion_order,
+                    collection_unknown_empty => collection::unknown_empty,
+                    collection_percent_decoded => collection::percent_decoded,
+                    collection_bad_path => collection::bad_path,
+
+                    cors_default_any => cors::default_any,
+                    cors_origin_list => cors::origin_list,
+                    cors_preflight => cors::preflight,
+
+                    restart_after_sigterm => restart::after_sigterm,
+                    restart_after_sigkill => restart::after_sigkill,
+                    sigterm_closes_streams => restart::sigterm_closes_streams,
+                    sigint_exits => restart::sigint_exits,
+                    pending_fires_after_restart => restart::pending_fires_after_restart,
+                    overdue_fires_on_start => restart::overdue_fires_on_start,
+                    created_survives_sigkill => restart::created_survives_sigkill,
+                }
+            }
+        )*
+    };
+}
+
+// One line per (runtime, storage) pair. Add the other pairs here as the server
+// gains them, gated on the Cargo features they need, for example:
+//     #[cfg(feature = "sled")]
+//     tokio_axum_sled => ("tokio-axum", "sled");
+//     async_std_tide_redb => ("async-std-tide", "redb");
+//     async_std_tide_sled => ("async-std-tide", "sled");
+conformance! {
+    tokio_axum_redb => ("tokio-axum", "redb");
+}

@@ -1,0 +1,174 @@
+//! The core through the library API, with no async runtime: each test
+//! drives futures with `block_on` on plain threads.
+
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use broker::{Broker, Config, NewEvent};
+use futures_lite::future::block_on;
+use futures_lite::StreamExt;
+use serde_json::json;
+
+fn open(dir: &tempfile::TempDir, config: Config) -> Broker {
+    block_on(Broker::open(config.with_data_dir(dir.path()))).expect("broker opens")
+}
+
+fn event(name: &str, data: serde_json::Value) -> NewEvent {
+    NewEvent::new(name, &data).expect("valid event")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[test]
+fn snapshot_has_current_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir, Config::default());
+    block_on(broker.insert(event("a", json!(1)))).unwrap();
+    block_on(broker.insert(event("b", json!(2)))).unwrap();
+    block_on(broker.insert(event("a", json!(3)))).unwrap();
+
+    let mut subscription = block_on(broker.subscribe()).unwrap();
+    let snapshot = text(&block_on(subscription.next()).unwrap());
+    assert_eq!(
+        snapshot,
+        "id: 2\nevent: b\ndata: 2\n\nid: 3\nevent: a\ndata: 3\n\n"
+    );
+}
+
+#[test]
+fn future_event_waits_for_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir, Config::default());
+    let mut subscription = block_on(broker.subscribe()).unwrap();
+
+    let due = now() + 1;
+    let record = block_on(broker.insert(event("later", json!("x")).at(due).unwrap())).unwrap();
+    assert!(!record.published, "a future version is pending when stored");
+
+    let frame = block_on(subscription.next()).expect("the stream stays open");
+    let published_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    assert_eq!(text(&frame), "id: 1\nevent: later\ndata: \"x\"\n\n");
+    assert!(
+        published_at >= Duration::from_secs(due),
+        "published at {published_at:?}, before its timestamp {due}"
+    );
+    assert!(
+        published_at < Duration::from_secs(due) + Duration::from_millis(500),
+        "published at {published_at:?}, late for {due}"
+    );
+}
+
+#[test]
+fn concurrent_inserts_get_distinct_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir, Config::default());
+
+    let started = Instant::now();
+    let threads: Vec<_> = (0..8)
+        .map(|thread_index| {
+            let broker = broker.clone();
+            thread::spawn(move || {
+                (0..25)
+                    .map(|i| {
+                        let data = json!({"thread": thread_index, "i": i});
+                        block_on(broker.insert(event("load", data))).unwrap().id
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut ids: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|thread| thread.join().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "every insert got its own id");
+    assert_eq!(ids.first(), Some(&1));
+    assert_eq!(ids.last(), Some(&200));
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    let collection = block_on(broker.collection("load")).unwrap();
+    assert_eq!(collection.len(), 200);
+}
+
+#[test]
+fn slow_subscriber_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir, Config::default().with_queue_capacity(2));
+    let mut slow = block_on(broker.subscribe()).unwrap();
+    let mut fast = block_on(broker.subscribe()).unwrap();
+
+    for i in 0..5 {
+        block_on(broker.insert(event("tick", json!(i)))).unwrap();
+        // The fast subscriber reads each message as it comes.
+        let frame = text(&block_on(fast.next()).unwrap());
+        assert!(frame.contains(&format!("data: {i}\n")), "{frame}");
+    }
+
+    // The slow one gets what was queued before it fell behind, then the end.
+    let mut queued = String::new();
+    while let Some(chunk) = block_on(slow.next()) {
+        queued.push_str(&text(&chunk));
+    }
+    assert_eq!(
+        queued,
+        "id: 1\nevent: tick\ndata: 0\n\nid: 2\nevent: tick\ndata: 1\n\n"
+    );
+}
+
+#[test]
+fn close_ends_streams_and_rejects_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir, Config::default());
+    let mut subscription = block_on(broker.subscribe()).unwrap();
+
+    block_on(broker.close());
+
+    assert!(block_on(subscription.next()).is_none(), "the stream ends");
+    let error = block_on(broker.subscribe()).unwrap_err();
+    assert!(matches!(error, broker::Error::ShuttingDown), "{error}");
+    block_on(broker.insert(event("after", json!(null)))).expect("inserts still work");
+}
+
+#[test]
+fn reopen_publishes_overdue_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let due = now() + 1;
+    {
+        let broker = open(&dir, Config::default());
+        let pending = event("due", json!("soon")).at(due).unwrap();
+        block_on(broker.insert(pending)).unwrap();
+    }
+    // Wait until the event is overdue while no broker runs, then reopen.
+    while now() < due {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let broker = reopen_when_free(&dir);
+
+    let mut subscription = block_on(broker.subscribe()).unwrap();
+    let snapshot = text(&block_on(subscription.next()).unwrap());
+    assert_eq!(snapshot, "id: 1\nevent: due\ndata: \"soon\"\n\n");
+}
+
+/// Reopens the data folder, retrying while the previous broker's core
+/// thread still has the database open.
+fn reopen_when_free(dir: &tempfile::TempDir) -> Broker {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match block_on(Broker::open(Config::default().with_data_dir(dir.path()))) {
+            Ok(broker) => return broker,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Err(error) => panic!("reopen failed: {error}"),
+        }
+    }
+}
