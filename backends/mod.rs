@@ -1,10 +1,152 @@
 //! Storage backends, one module per Cargo feature.
 //!
-//! Each implements [`Storage`](crate::Storage); any number of them may be
-//! compiled in at once.
+//! Each implements [`Storage`](crate::Storage), and any number of them may
+//! be compiled in at once. [`StorageKind`] names the compiled-in ones;
+//! [`Config::storage`](crate::Config::storage) picks one, redb by default.
 
-#[cfg(feature = "redb")]
+#[cfg(any(feature = "redb", feature = "sled"))]
 mod codec;
 
 #[cfg(feature = "redb")]
 pub mod redb;
+
+#[cfg(feature = "sled")]
+pub mod sled;
+
+#[cfg(any(feature = "redb", feature = "sled"))]
+pub use self::kind::StorageKind;
+
+/// A failed read or write in an embedded backend: the backend's own error,
+/// or a stored value that does not decode.
+#[cfg(any(feature = "redb", feature = "sled"))]
+#[derive(Debug)]
+enum Failure<E> {
+    Backend(E),
+    Corrupt(crate::StorageError),
+}
+
+#[cfg(any(feature = "redb", feature = "sled"))]
+impl<E: std::error::Error + Send + Sync + 'static> Failure<E> {
+    /// Converts to the trait's error, naming the operation that failed.
+    fn during(self, operation: &'static str) -> crate::StorageError {
+        match self {
+            Self::Backend(error) => crate::StorageError::backend(operation, error),
+            Self::Corrupt(error) => error,
+        }
+    }
+}
+
+#[cfg(any(feature = "redb", feature = "sled"))]
+impl<E> From<crate::StorageError> for Failure<E> {
+    fn from(error: crate::StorageError) -> Self {
+        Self::Corrupt(error)
+    }
+}
+
+#[cfg(any(feature = "redb", feature = "sled"))]
+pub(crate) use self::kind::open;
+
+#[cfg(any(feature = "redb", feature = "sled"))]
+mod kind {
+    use std::fmt;
+    use std::path::Path;
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use crate::error::StorageError;
+    use crate::storage::Storage;
+
+    /// A storage backend compiled into this build.
+    ///
+    /// The default is redb when the `redb` feature is on, and sled otherwise.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub enum StorageKind {
+        /// One redb file, `broker.redb`, in the data folder.
+        #[cfg(feature = "redb")]
+        Redb,
+        /// A sled database in the folder `sled` inside the data folder.
+        #[cfg(feature = "sled")]
+        Sled,
+    }
+
+    impl StorageKind {
+        /// Every kind compiled into this build, the default first.
+        pub const ALL: &'static [StorageKind] = &[
+            #[cfg(feature = "redb")]
+            StorageKind::Redb,
+            #[cfg(feature = "sled")]
+            StorageKind::Sled,
+        ];
+
+        /// Returns the name used in configuration: `redb` or `sled`.
+        pub fn name(self) -> &'static str {
+            match self {
+                #[cfg(feature = "redb")]
+                Self::Redb => "redb",
+                #[cfg(feature = "sled")]
+                Self::Sled => "sled",
+            }
+        }
+    }
+
+    impl Default for StorageKind {
+        fn default() -> Self {
+            Self::ALL[0]
+        }
+    }
+
+    impl fmt::Display for StorageKind {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.name())
+        }
+    }
+
+    impl FromStr for StorageKind {
+        type Err = String;
+
+        fn from_str(name: &str) -> Result<Self, Self::Err> {
+            Self::ALL
+                .iter()
+                .copied()
+                .find(|kind| kind.name() == name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = Self::ALL.iter().map(|kind| kind.name()).collect();
+                    format!(
+                        "unknown storage {name:?}; this build has: {}",
+                        names.join(", ")
+                    )
+                })
+        }
+    }
+
+    /// The entry each embedded backend keeps in the data folder, listed
+    /// whether or not the backend is compiled in, so that any build can
+    /// recognize a folder written by another.
+    const ENTRIES: [(&str, &str); 2] = [("redb", "broker.redb"), ("sled", "sled")];
+
+    /// Opens `kind` in `data_dir`, after checking that no other backend's
+    /// database is there: the backend would otherwise start an empty log
+    /// beside the other's and hide its events.
+    pub(crate) fn open(
+        kind: StorageKind,
+        data_dir: &Path,
+    ) -> Result<Arc<dyn Storage>, StorageError> {
+        for (name, entry) in ENTRIES {
+            if name != kind.name() && data_dir.join(entry).exists() {
+                return Err(StorageError::WrongStorage {
+                    path: data_dir.join(entry),
+                    found: name,
+                    configured: kind.name(),
+                });
+            }
+        }
+
+        Ok(match kind {
+            #[cfg(feature = "redb")]
+            StorageKind::Redb => Arc::new(super::redb::RedbStorage::open(data_dir)?),
+            #[cfg(feature = "sled")]
+            StorageKind::Sled => Arc::new(super::sled::SledStorage::open(data_dir)?),
+        })
+    }
+}

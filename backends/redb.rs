@@ -221,34 +221,13 @@ impl RedbStorage {
     }
 }
 
-/// A failed read or write: an error from redb, or a record it returned that
-/// does not decode.
-#[derive(Debug)]
-enum Failure {
-    Redb(::redb::Error),
-    Corrupt(StorageError),
-}
-
-impl Failure {
-    fn during(self, operation: &'static str) -> StorageError {
-        match self {
-            Self::Redb(error) => StorageError::backend(operation, error),
-            Self::Corrupt(error) => error,
-        }
-    }
-}
-
-impl From<StorageError> for Failure {
-    fn from(error: StorageError) -> Self {
-        Self::Corrupt(error)
-    }
-}
+type Failure = super::Failure<::redb::Error>;
 
 macro_rules! redb_failures {
     ($($error:ty),*) => {$(
         impl From<$error> for Failure {
             fn from(error: $error) -> Self {
-                Self::Redb(error.into())
+                Self::Backend(error.into())
             }
         }
     )*};

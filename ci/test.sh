@@ -1,23 +1,43 @@
 #!/usr/bin/env bash
-# Runs every check that CI runs: formatting, then for each feature set clippy
-# with warnings as errors, and the tests. Prints one summary line per set.
+# Runs every check that CI runs: formatting; clippy with warnings as errors
+# for every feature set; docs; the unit, core and doc tests; and the
+# conformance suite once per runtime and storage pair. Prints a summary line
+# per feature set and per pair, and exits non-zero if anything failed.
 # Usage: ci/test.sh   (from anywhere inside the repository)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# Feature sets that must build and pass lints. The first is the default
-# build, whose tests include the conformance suite.
+# Every feature alone, the library with none, and the sets the tests run on.
 feature_sets=(
   "default"
   "--no-default-features"
   "--no-default-features --features redb"
+  "--no-default-features --features sled"
   "--no-default-features --features tokio-axum"
+  "--no-default-features --features async-std-tide"
+  "--no-default-features --features async-std-tide,sled,cli"
   "--all-features"
+)
+
+# Feature sets whose docs are built with warnings as errors: the ones docs
+# are published with. With fewer features, links to absent modules break.
+doc_sets=("default" "--all-features")
+
+# Feature sets whose tests run. The conformance suite runs separately below.
+test_sets=("default" "--no-default-features --features async-std-tide,sled,cli")
+
+# (module, runtime + storage) of each conformance pair; all need --all-features.
+pairs=(
+  "tokio_axum_redb:tokio-axum + redb"
+  "tokio_axum_sled:tokio-axum + sled"
+  "async_std_tide_redb:async-std-tide + redb"
+  "async_std_tide_sled:async-std-tide + sled"
 )
 
 summary=()
 failed=0
 
+# Runs a command under a label; records a failure without stopping.
 step() {
   local label=$1
   shift
@@ -26,6 +46,16 @@ step() {
     return 0
   fi
   failed=1
+  return 1
+}
+
+contains() {
+  local wanted=$1
+  shift
+  local item
+  for item in "$@"; do
+    [ "$item" = "$wanted" ] && return 0
+  done
   return 1
 }
 
@@ -40,15 +70,31 @@ for set in "${feature_sets[@]}"; do
   [ "$set" != "default" ] && read -r -a flags <<<"$set"
   result="ok"
   step "clippy [$set]" cargo clippy --all-targets "${flags[@]}" -- -D warnings || result="clippy FAILED"
-  # Docs are checked for the feature sets that docs are published with;
-  # with fewer features, links to the missing modules cannot resolve.
-  if [ "$result" = ok ] && { [ "$set" = default ] || [ "$set" = --all-features ]; }; then
+  if [ "$result" = ok ] && contains "$set" "${doc_sets[@]}"; then
     step "doc [$set]" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps "${flags[@]}" || result="doc FAILED"
   fi
-  if [ "$result" = ok ]; then
+  if [ "$result" = ok ] && contains "$set" "${test_sets[@]}"; then
     step "test [$set]" cargo test "${flags[@]}" || result="tests FAILED"
   fi
   summary+=("features [$set]: $result")
+done
+
+# The library tests with every feature on, then the conformance suite pair
+# by pair, all from one build.
+if step "test [--all-features]" cargo test --all-features --lib --test core \
+  && step "doctest [--all-features]" cargo test --all-features --doc; then
+  summary+=("tests [--all-features]: ok")
+else
+  summary+=("tests [--all-features]: FAILED")
+fi
+for entry in "${pairs[@]}"; do
+  module=${entry%%:*}
+  name=${entry#*:}
+  if step "conformance [$name]" cargo test --all-features --test conformance -- "${module}::"; then
+    summary+=("conformance [$name]: ok")
+  else
+    summary+=("conformance [$name]: FAILED")
+  fi
 done
 
 echo

@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +27,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::api::{self, ApiError};
 use crate::sse::KeepAlive;
-use crate::Broker;
+use crate::{Broker, Listen};
 
 /// Builds the axum [`Router`] for the whole API, ready to nest or serve.
 pub fn router(broker: Broker) -> Router {
@@ -43,16 +43,17 @@ pub fn router(broker: Broker) -> Router {
         .with_state(broker)
 }
 
-/// Serves the API on `listener` until the process ends.
+/// Serves the API on `listen` until the process ends. Call it from tokio.
 ///
 /// # Errors
 ///
-/// Returns the I/O error that stopped the server.
-pub async fn serve(broker: Broker, listener: TcpListener) -> io::Result<()> {
-    serve_with_shutdown(broker, listener, std::future::pending()).await
+/// Returns the I/O error that stopped the server, such as an address
+/// already in use.
+pub async fn serve(broker: Broker, listen: impl Into<Listen>) -> io::Result<()> {
+    serve_with_shutdown(broker, listen, std::future::pending()).await
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then ends every
+/// Serves the API on `listen` until `shutdown` completes, then ends every
 /// SSE stream, lets requests in flight finish, and returns.
 ///
 /// # Errors
@@ -60,12 +61,13 @@ pub async fn serve(broker: Broker, listener: TcpListener) -> io::Result<()> {
 /// Returns the I/O error that stopped the server.
 pub async fn serve_with_shutdown<F>(
     broker: Broker,
-    listener: TcpListener,
+    listen: impl Into<Listen>,
     shutdown: F,
 ) -> io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    let listener = TcpListener::from_std(listen.into().into_std()?)?;
     let app = router(broker.clone());
     // Small SSE frames should leave at once rather than wait for Nagle's algorithm.
     let listener = listener.tap_io(|tcp| {
@@ -118,18 +120,13 @@ async fn events(State(broker): State<Broker>) -> Response {
     response
 }
 
-async fn collection(
-    State(broker): State<Broker>,
-    event: Result<Path<String>, PathRejection>,
-) -> Response {
-    let Path(event) = match event {
-        Ok(event) => event,
-        Err(rejection) => {
-            let reason = rejection.body_text();
-            return ApiError::InvalidPath { reason }.into_response();
-        }
-    };
-    match api::collection(&broker, &event).await {
+async fn collection(State(broker): State<Broker>, uri: Uri) -> Response {
+    // The core decodes the raw segment, so that every runtime decodes alike.
+    let segment = uri
+        .path()
+        .strip_prefix(api::COLLECTION_PREFIX)
+        .unwrap_or_default();
+    match api::collection(&broker, segment).await {
         Ok(records) => json(StatusCode::OK, records),
         Err(error) => error.into_response(),
     }

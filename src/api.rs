@@ -174,15 +174,28 @@ pub async fn insert(
     Ok(to_json(&record))
 }
 
-/// Handles `GET /collection/{event}` for an already decoded name.
+/// Handles `GET /collection/{event}`, given the path segment as sent,
+/// still percent-encoded.
+///
+/// Malformed escapes such as `%zz` stay as they are, as in most URL
+/// decoders; an escape that decodes to invalid UTF-8 is rejected.
 ///
 /// # Errors
 ///
-/// Returns [`ApiError::Unavailable`] when storage fails.
-pub async fn collection(broker: &Broker, event: &str) -> Result<Bytes, ApiError> {
-    let records = broker.collection(event).await?;
+/// Returns [`ApiError::InvalidPath`] when the segment does not decode to
+/// UTF-8, and [`ApiError::Unavailable`] when storage fails.
+pub async fn collection(broker: &Broker, segment: &str) -> Result<Bytes, ApiError> {
+    let event = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|error| ApiError::InvalidPath {
+            reason: format!("{segment:?} is not UTF-8 after percent-decoding ({error})"),
+        })?;
+    let records = broker.collection(&event).await?;
     Ok(to_json(&records))
 }
+
+/// The route prefix of `GET /collection/{event}`.
+pub const COLLECTION_PREFIX: &str = "/collection/";
 
 /// Accepts JSON (`application/json`, `*/*+json`), `text/plain` (which
 /// browsers send without a CORS preflight) and a missing content type.

@@ -52,26 +52,27 @@ impl fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Opens the default storage in `config.data_dir`, creating the folder
-    /// if needed, and starts the broker.
+    /// Opens the storage named by `config.storage` in `config.data_dir`,
+    /// creating the folder if needed, and starts the broker.
     ///
-    /// The default storage is redb. Opening happens on the broker's own
-    /// thread, so this never blocks the caller's executor.
+    /// Opening happens on the broker's own thread, so this never blocks the
+    /// caller's executor.
     ///
     /// # Errors
     ///
     /// Returns [`Error::DataDir`] when the folder cannot be created, and
-    /// [`Error::Storage`] when the database cannot be opened or read.
-    #[cfg(feature = "redb")]
+    /// [`Error::Storage`] when the database cannot be opened or read, or the
+    /// folder contains another backend's database.
+    #[cfg(any(feature = "redb", feature = "sled"))]
     pub async fn open(config: Config) -> Result<Self, Error> {
         let data_dir = config.data_dir.clone();
+        let kind = config.storage;
         Self::start(config, move || {
             std::fs::create_dir_all(&data_dir).map_err(|source| Error::DataDir {
                 path: data_dir.clone(),
                 source,
             })?;
-            let storage = crate::backends::redb::RedbStorage::open(&data_dir)?;
-            Ok(Arc::new(storage) as Arc<dyn Storage>)
+            Ok(crate::backends::open(kind, &data_dir)?)
         })
         .await
     }

@@ -41,6 +41,9 @@ pub struct Config {
     pub keep_alive: Duration,
     /// Messages a subscriber may have queued before it is disconnected.
     pub queue_capacity: usize,
+    /// Storage backend that [`Broker::open`](crate::Broker::open) opens.
+    #[cfg(any(feature = "redb", feature = "sled"))]
+    pub storage: crate::backends::StorageKind,
 }
 
 impl Default for Config {
@@ -51,6 +54,8 @@ impl Default for Config {
             body_limit: DEFAULT_BODY_LIMIT,
             keep_alive: DEFAULT_KEEP_ALIVE,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            #[cfg(any(feature = "redb", feature = "sled"))]
+            storage: crate::backends::StorageKind::default(),
         }
     }
 }
@@ -84,6 +89,13 @@ impl Config {
     /// disconnected as too slow.
     pub fn with_queue_capacity(mut self, messages: usize) -> Self {
         self.queue_capacity = messages;
+        self
+    }
+
+    /// Sets the storage backend that [`Broker::open`](crate::Broker::open) opens.
+    #[cfg(any(feature = "redb", feature = "sled"))]
+    pub fn with_storage(mut self, storage: crate::backends::StorageKind) -> Self {
+        self.storage = storage;
         self
     }
 }

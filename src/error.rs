@@ -172,6 +172,17 @@ pub enum StorageError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The data folder contains another backend's database.
+    #[error("the data folder contains a {found} database ({path}), but the storage is set to {configured}; set BROKER_STORAGE={found} or use another data folder")]
+    WrongStorage {
+        /// The other backend's file or folder.
+        path: PathBuf,
+        /// The backend that wrote it.
+        found: &'static str,
+        /// The backend that was configured.
+        configured: &'static str,
+    },
+
     /// A read or write failed.
     #[error("storage {operation} failed")]
     Backend {

@@ -15,8 +15,10 @@
 //! - [`NewEvent`], [`Record`], [`Publication`]: the event model and validation.
 //! - [`Storage`]: the contract a storage backend implements; [`backends`]
 //!   holds one module per storage feature.
-//! - [`api`]: the HTTP API without a framework, shared by every runtime.
-//! - [`tokio_axum`]: the API served by axum on tokio.
+//! - [`api`] and [`sse`]: the HTTP API and SSE framing without a web
+//!   framework, shared by every runtime.
+//! - `tokio_axum` and `async_std_tide`: the API served by axum on tokio and
+//!   by tide on async-std, one module per runtime feature.
 //! - [`Error`], [`InsertError`], [`StorageError`]: what can fail.
 //!
 //! The core runs on a thread of its own and owns the event log, the schedule
@@ -26,17 +28,32 @@
 //!
 //! # Features
 //!
-//! | feature      | default | what it adds                                   |
-//! |--------------|---------|------------------------------------------------|
-//! | `tokio-axum` | yes     | [`tokio_axum`] and [`Broker::serve`] on tokio  |
-//! | `redb`       | yes     | [`backends::redb`] and [`Broker::open`]        |
-//! | `cli`        | yes     | the `broker` binary's flags and logging        |
+//! | feature          | default | what it adds                                        |
+//! |------------------|---------|-----------------------------------------------------|
+//! | `tokio-axum`     | yes     | `tokio_axum`: the HTTP server on axum and tokio     |
+//! | `async-std-tide` | no      | `async_std_tide`: the HTTP server on tide and async-std |
+//! | `redb`           | yes     | `backends::redb`: storage in one redb file          |
+//! | `sled`           | no      | `backends::sled`: storage in a sled database        |
+//! | `cli`            | yes     | the `broker` binary's flags, signals and logging    |
 //!
-//! Features are additive: each adds a module and removes nothing.
+//! Features only add: each adds a module and removes nothing, so any
+//! combination builds. With two runtimes or two storages compiled in, the
+//! choice is explicit:
 //!
-//! # Example
+//! - [`Broker::serve`] runs on tokio with axum when `tokio-axum` is on, and
+//!   on async-std with tide otherwise. `tokio_axum::serve` and
+//!   `async_std_tide::serve` choose one explicitly.
+//! - `Config::storage` picks the backend that [`Broker::open`] opens: redb
+//!   when `redb` is on, and sled otherwise. A data folder written by one
+//!   backend is never opened with the other.
 //!
-//! Serving on tokio with axum and redb, the default features:
+//! tide has had no stable release since 0.16.0, and async-std's maintainers
+//! discontinued it in 1.13.1 in favour of smol. Everything that uses either
+//! stays in `async_std_tide`, behind its own feature.
+//!
+//! # Examples
+//!
+//! On tokio with axum and redb, the default features:
 //!
 //! ```no_run
 //! # #[cfg(all(feature = "tokio-axum", feature = "redb"))]
@@ -50,10 +67,31 @@
 //!     broker.insert(event).await?;
 //!
 //!     let addr: std::net::SocketAddr = "127.0.0.1:8080".parse()?;
-//!     broker.serve(addr).await?;
+//!     broker::tokio_axum::serve(broker, addr).await?;
 //!     Ok(())
 //! }
 //! # #[cfg(not(all(feature = "tokio-axum", feature = "redb")))]
+//! # fn main() {}
+//! ```
+//!
+//! On async-std with tide and sled (`default-features = false`, features
+//! `async-std-tide` and `sled`):
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "async-std-tide", feature = "sled"))]
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     async_std::task::block_on(async {
+//!         let config = broker::Config::default()
+//!             .with_data_dir("./tmp")
+//!             .with_storage(broker::StorageKind::Sled);
+//!         let broker = broker::Broker::open(config).await?;
+//!
+//!         let addr: std::net::SocketAddr = "127.0.0.1:8080".parse()?;
+//!         broker::async_std_tide::serve(broker, addr).await?;
+//!         Ok(())
+//!     })
+//! }
+//! # #[cfg(not(all(feature = "async-std-tide", feature = "sled")))]
 //! # fn main() {}
 //! ```
 
@@ -74,9 +112,16 @@ pub mod backends;
 #[path = "../runtimes/tokio_axum.rs"]
 pub mod tokio_axum;
 
+#[cfg(feature = "async-std-tide")]
+#[path = "../runtimes/async_std_tide.rs"]
+pub mod async_std_tide;
+
 pub use crate::broker::{Broker, Subscription};
 pub use crate::config::{AllowedOrigins, Config};
 pub use crate::error::{Error, InsertError, StorageError, MAX_EVENT_LEN, MAX_TIMESTAMP};
 pub use crate::event::{NewEvent, Publication, Record};
 pub use crate::serve::Listen;
 pub use crate::storage::{Appended, Storage, Version};
+
+#[cfg(any(feature = "redb", feature = "sled"))]
+pub use crate::backends::StorageKind;

@@ -2,6 +2,15 @@
 //! the database under `./tmp`. Every flag also reads an environment variable;
 //! `broker --help` lists them.
 
+#[cfg(not(all(
+    any(feature = "tokio-axum", feature = "async-std-tide"),
+    any(feature = "redb", feature = "sled")
+)))]
+compile_error!(
+    "the broker binary needs a runtime feature (tokio-axum or async-std-tide) \
+     and a storage feature (redb or sled)"
+);
+
 use std::error::Error as StdError;
 use std::fmt;
 use std::io::IsTerminal;
@@ -11,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use broker::config::{DEFAULT_BODY_LIMIT, DEFAULT_QUEUE_CAPACITY};
-use broker::{AllowedOrigins, Broker, Config};
+use broker::{AllowedOrigins, Broker, Config, StorageKind};
 use clap::{Parser, ValueEnum};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -52,11 +61,11 @@ struct Args {
     queue_capacity: usize,
 
     /// Storage backend.
-    #[arg(long, env = "BROKER_STORAGE", value_enum, default_value_t = StorageChoice::Redb)]
+    #[arg(long, env = "BROKER_STORAGE", value_enum, default_value_t)]
     storage: StorageChoice,
 
     /// Async runtime and HTTP server.
-    #[arg(long, env = "BROKER_RUNTIME", value_enum, default_value_t = RuntimeChoice::TokioAxum)]
+    #[arg(long, env = "BROKER_RUNTIME", value_enum, default_value_t)]
     runtime: RuntimeChoice,
 }
 
@@ -64,14 +73,45 @@ struct Args {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum StorageChoice {
     /// One redb file, broker.redb, in the data folder.
+    #[cfg(feature = "redb")]
     Redb,
+    /// A sled database in the folder sled inside the data folder.
+    #[cfg(feature = "sled")]
+    Sled,
+}
+
+impl StorageChoice {
+    fn kind(self) -> StorageKind {
+        match self {
+            #[cfg(feature = "redb")]
+            Self::Redb => StorageKind::Redb,
+            #[cfg(feature = "sled")]
+            Self::Sled => StorageKind::Sled,
+        }
+    }
+}
+
+impl Default for StorageChoice {
+    fn default() -> Self {
+        Self::value_variants()[0]
+    }
 }
 
 /// Runtimes compiled into this binary.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RuntimeChoice {
     /// axum on tokio.
+    #[cfg(feature = "tokio-axum")]
     TokioAxum,
+    /// tide on async-std.
+    #[cfg(feature = "async-std-tide")]
+    AsyncStdTide,
+}
+
+impl Default for RuntimeChoice {
+    fn default() -> Self {
+        Self::value_variants()[0]
+    }
 }
 
 fn main() -> ExitCode {
@@ -83,14 +123,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stdout().is_terminal())
         .init();
 
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            error!(error = %Chain(&error), "failed to start the tokio runtime");
-            return ExitCode::FAILURE;
-        }
+    let result = match args.runtime {
+        #[cfg(feature = "tokio-axum")]
+        RuntimeChoice::TokioAxum => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(run(args)),
+            Err(error) => Err(format!("failed to start the tokio runtime: {error}").into()),
+        },
+        #[cfg(feature = "async-std-tide")]
+        RuntimeChoice::AsyncStdTide => async_std::task::block_on(run(args)),
     };
-    match runtime.block_on(run(args)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!(error = %Chain(error.as_ref()), "broker stopped on an error");
@@ -99,18 +141,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Opens the broker and serves it on the runtime that `main` started.
 async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
     let addr = SocketAddr::new(args.host, args.port);
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|error| format!("failed to listen on {addr}: {error}"))?;
     let addr = listener.local_addr()?;
+    let shutdown = shutdown_signal()?;
 
     let config = Config::default()
         .with_data_dir(&args.data_dir)
         .with_allowed_origins(args.origin.clone())
         .with_body_limit(args.body_limit)
         .with_keep_alive(args.keep_alive)
-        .with_queue_capacity(args.queue_capacity);
+        .with_queue_capacity(args.queue_capacity)
+        .with_storage(args.storage.kind());
     let broker = Broker::open(config).await?;
 
     let data_dir = std::fs::canonicalize(&args.data_dir).unwrap_or(args.data_dir);
@@ -122,42 +167,62 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         origin = %args.origin,
         "listening"
     );
-    broker
-        .serve_with_shutdown(listener, shutdown_signal())
-        .await?;
+    match args.runtime {
+        #[cfg(feature = "tokio-axum")]
+        RuntimeChoice::TokioAxum => {
+            broker::tokio_axum::serve_with_shutdown(broker, listener, shutdown).await?
+        }
+        #[cfg(feature = "async-std-tide")]
+        RuntimeChoice::AsyncStdTide => {
+            broker::async_std_tide::serve_with_shutdown(broker, listener, shutdown).await?
+        }
+    }
     info!("stopped");
     Ok(())
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            warn!(%error, "failed to listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Returns a future that completes on the first SIGINT (Ctrl-C) or SIGTERM.
+/// A second signal exits at once.
+///
+/// A plain thread waits for the signals, so this works under any runtime.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::iterator::Signals;
 
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                terminate.recv().await;
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let (received, receiver) = async_channel::bounded::<()>(1);
+    std::thread::Builder::new()
+        .name("broker-signals".into())
+        .spawn(move || {
+            let mut count = 0;
+            for signal in signals.forever() {
+                count += 1;
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                if count > 1 {
+                    warn!(
+                        signal = name,
+                        "second signal, exiting without a graceful shutdown"
+                    );
+                    std::process::exit(1);
+                }
+                info!(signal = name, "received a signal, shutting down");
+                let _ = received.try_send(());
             }
-            Err(error) => {
-                warn!(%error, "failed to listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
+        })?;
+    Ok(async move {
+        let _ = receiver.recv().await;
+    })
+}
 
-    tokio::select! {
-        () = interrupt => info!("received SIGINT"),
-        () = terminate => info!("received SIGTERM"),
-    }
+/// Returns a future that never completes: stop the process to stop the server.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(std::future::pending())
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -1,5 +1,6 @@
 //! The core through the library API, with no async runtime: each test
 //! drives futures with `block_on` on plain threads.
+#![cfg(any(feature = "redb", feature = "sled"))]
 
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

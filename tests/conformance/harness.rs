@@ -310,6 +310,54 @@ impl Server {
 
     /// Starts a new process on the same data folder, after SIGTERM if the old
     /// one still runs. The new process listens on a new port.
+    /// Runs the server once more on the same data folder with `overrides`
+    /// added to its environment, expecting it to exit by itself within the
+    /// start timeout. Returns its exit status and everything it printed.
+    /// The server must be stopped first.
+    #[cfg(all(feature = "redb", feature = "sled"))]
+    pub(crate) async fn run_to_exit(&mut self, overrides: &[(&str, &str)]) -> (ExitStatus, String) {
+        assert!(self.child.is_none(), "stop the server before `run_to_exit`");
+        let mut command = self.command();
+        for (key, value) in overrides {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap_or_else(|error| {
+            panic!("failed to spawn {}: {error}", env!("CARGO_BIN_EXE_broker"))
+        });
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("failed to poll the server") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not exit by itself within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+
+        let mut printed = String::new();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|out| Box::new(out) as Box<dyn Read>),
+            child
+                .stderr
+                .take()
+                .map(|err| Box::new(err) as Box<dyn Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut stream = stream;
+            let _ = stream.read_to_string(&mut printed);
+        }
+        (status, printed)
+    }
+
     pub(crate) async fn restart(&mut self) {
         if self.is_running() {
             self.terminate().await;

@@ -23,8 +23,9 @@ mod sse;
 ///
 /// To add a case, write the function in `cases/` and add one line here.
 macro_rules! case_tests {
-    ($pair:ident: $($test:ident => $($path:ident)::+,)*) => {
+    ($pair:ident: $($(#[$attribute:meta])* $test:ident => $($path:ident)::+,)*) => {
         $(
+            $(#[$attribute])*
             #[tokio::test]
             async fn $test() {
                 crate::cases::$($path)::+($pair).await
@@ -100,18 +101,25 @@ macro_rules! conformance {
                     pending_fires_after_restart => restart::pending_fires_after_restart,
                     overdue_fires_on_start => restart::overdue_fires_on_start,
                     created_survives_sigkill => restart::created_survives_sigkill,
+                    // Needs the other storage in the binary to try it on the folder.
+                    #[cfg(all(feature = "redb", feature = "sled"))]
+                    other_storage_rejected => restart::other_storage_rejected,
                 }
             }
         )*
     };
 }
 
-// One line per (runtime, storage) pair. Add the other pairs here as the server
-// gains them, gated on the Cargo features they need, for example:
-//     #[cfg(feature = "sled")]
-//     tokio_axum_sled => ("tokio-axum", "sled");
-//     async_std_tide_redb => ("async-std-tide", "redb");
-//     async_std_tide_sled => ("async-std-tide", "sled");
+// One line per (runtime, storage) pair, each compiled when the binary under
+// test has both features. ci/test.sh runs the suite with every feature on,
+// so every pair runs there.
 conformance! {
+    #[cfg(all(feature = "tokio-axum", feature = "redb"))]
     tokio_axum_redb => ("tokio-axum", "redb");
+    #[cfg(all(feature = "tokio-axum", feature = "sled"))]
+    tokio_axum_sled => ("tokio-axum", "sled");
+    #[cfg(all(feature = "async-std-tide", feature = "redb"))]
+    async_std_tide_redb => ("async-std-tide", "redb");
+    #[cfg(all(feature = "async-std-tide", feature = "sled"))]
+    async_std_tide_sled => ("async-std-tide", "sled");
 }

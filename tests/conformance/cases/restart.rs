@@ -327,3 +327,39 @@ pub(crate) async fn created_survives_sigkill(pair: Pair) {
         "the last sequential insert should be current after kill -9"
     );
 }
+
+/// Checks that a data folder written by one storage backend is not opened
+/// with another: the server exits with an error that names both, and the
+/// data is still there for the right backend.
+#[cfg(all(feature = "redb", feature = "sled"))]
+pub(crate) async fn other_storage_rejected(pair: Pair) {
+    let mut server = Server::start(pair).await;
+    server.insert(&json!({"event": "kept", "data": 1})).await;
+    server.terminate().await;
+
+    let other = if pair.storage == "redb" {
+        "sled"
+    } else {
+        "redb"
+    };
+    let (status, output) = server.run_to_exit(&[("BROKER_STORAGE", other)]).await;
+    assert!(
+        !status.success(),
+        "starting {other} on a {} folder should fail; output:\n{output}",
+        pair.storage
+    );
+    let names_found = format!("contains a {} database", pair.storage);
+    assert!(
+        output.contains(&names_found),
+        "the error should say the folder {names_found}; output:\n{output}"
+    );
+    let names_fix = format!("BROKER_STORAGE={}", pair.storage);
+    assert!(
+        output.contains(&names_fix),
+        "the error should suggest {names_fix}; output:\n{output}"
+    );
+
+    server.restart().await;
+    let kept = server.collection("kept").await;
+    assert_eq!(kept.len(), 1, "the data should be intact: {kept:?}");
+}

@@ -1,0 +1,340 @@
+//! Storage in a [sled](https://docs.rs/sled) database, in the folder `sled`
+//! inside the data folder.
+//!
+//! Everything lives in one sled tree under one-byte key prefixes, so that an
+//! append is a single [`sled::Batch`], which sled applies atomically. sled
+//! keeps writes in memory until a flush, so every append ends with
+//! [`sled::Tree::flush`], which writes and syncs the log. The core batches
+//! concurrent inserts into one append, so many inserts share one flush.
+//!
+//! sled applies a batch atomically for each single read, but a read that
+//! takes several steps (a scan, then lookups) could see a batch half way.
+//! A reader-writer lock keeps multi-step reads and batches apart.
+//!
+//! NOTE: sled 0.34's README calls it beta and says its on-disk format will
+//! change before 1.0 in ways that need a manual migration. redb is the
+//! default for that reason.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use ::sled::{Batch, Db, IVec, Tree};
+
+use super::codec::{decode, encode};
+use crate::error::StorageError;
+use crate::event::{Publication, Record};
+use crate::storage::{Appended, Storage, Version};
+
+/// The folder inside the data folder.
+pub const DIR_NAME: &str = "sled";
+
+/// Record id (u64, big-endian) to encoded record.
+const RECORD: u8 = b'r';
+/// Event name, NUL, record id: the records of each name in insertion order.
+/// Names cannot contain NUL, so one name's keys never run into another's.
+const BY_EVENT: u8 = b'n';
+/// Timestamp and record id of every pending record, in publication order.
+const PENDING: u8 = b'p';
+/// Publication id to record id.
+const PUBLICATION: u8 = b'u';
+/// Event name to the publication id of its current version.
+const CURRENT: u8 = b'c';
+/// Format marker, checked on open.
+const META_FORMAT: &[u8] = b"mformat";
+
+/// The layout written by this version; bump it when the keys change.
+const FORMAT_VERSION: u64 = 1;
+
+/// A [`Storage`] backed by a sled database.
+#[derive(Debug)]
+pub struct SledStorage {
+    db: Db,
+    tree: Tree,
+    path: PathBuf,
+    /// Held for writing while a batch is applied, and for reading by reads
+    /// of more than one key.
+    consistency: RwLock<()>,
+}
+
+impl SledStorage {
+    /// Opens the sled database in `data_dir/sled`, creating it if needed.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StorageError::Open`] when the database cannot be opened
+    /// (for example because another process has it open) or has another layout.
+    pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
+        let path = data_dir.join(DIR_NAME);
+        let open_failed = |source: ::sled::Error| StorageError::Open {
+            path: path.clone(),
+            source: source.into(),
+        };
+
+        let db = ::sled::open(&path).map_err(open_failed)?;
+        let tree = db.open_tree("broker").map_err(open_failed)?;
+        match tree.get(META_FORMAT).map_err(open_failed)? {
+            None => {
+                tree.insert(META_FORMAT, &FORMAT_VERSION.to_be_bytes())
+                    .map_err(open_failed)?;
+                tree.flush().map_err(open_failed)?;
+            }
+            Some(format) if read_u64(&format) == Some(FORMAT_VERSION) => {}
+            Some(format) => {
+                return Err(StorageError::Open {
+                    path,
+                    source: format!(
+                        "the database has layout version {:?}, but this build reads version \
+                         {FORMAT_VERSION}; use a matching Broker version or another data folder",
+                        read_u64(&format)
+                    )
+                    .into(),
+                })
+            }
+        }
+        Ok(Self {
+            db,
+            tree,
+            path,
+            consistency: RwLock::new(()),
+        })
+    }
+
+    /// Returns the path of the database folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn try_append(&self, versions: &[Version], now: u64) -> Result<Appended, Failure> {
+        // The core is the only writer, so what is read here cannot change
+        // before the batch below is applied.
+        let first_id = self.last_id(RECORD)? + 1;
+        let mut batch = Batch::default();
+
+        // Store the new versions as pending records.
+        let mut stored = Vec::with_capacity(versions.len());
+        for (id, version) in (first_id..).zip(versions) {
+            batch.insert(key(RECORD, &id.to_be_bytes()), encode(version));
+            batch.insert(by_event_key(&version.event, id), &[]);
+            batch.insert(pending_key(version.timestamp, id), &[]);
+            stored.push(Record {
+                id,
+                event: version.event.clone(),
+                timestamp: version.timestamp,
+                published: false,
+                data: version.data.clone(),
+            });
+        }
+
+        // Due records: the stored ones, merged with the new ones, in
+        // (timestamp, id) order.
+        let mut due: Vec<(u64, u64)> = Vec::new();
+        for entry in self
+            .tree
+            .range(pending_key(0, 0)..=pending_key(now, u64::MAX))
+        {
+            let (key, _) = entry?;
+            due.push(parse_pending_key(&key)?);
+        }
+        due.extend(
+            stored
+                .iter()
+                .filter(|record| record.timestamp <= now)
+                .map(|record| (record.timestamp, record.id)),
+        );
+        due.sort_unstable();
+
+        // Publish them.
+        let mut publication_id = self.last_id(PUBLICATION)?;
+        let mut published = Vec::with_capacity(due.len());
+        for (timestamp, record_id) in due {
+            batch.remove(pending_key(timestamp, record_id));
+            publication_id += 1;
+            batch.insert(
+                key(PUBLICATION, &publication_id.to_be_bytes()),
+                &record_id.to_be_bytes(),
+            );
+            let record = match record_id.checked_sub(first_id) {
+                Some(index) => {
+                    let record = &mut stored[index as usize];
+                    record.published = true;
+                    record.clone()
+                }
+                None => self.read_record(record_id)?,
+            };
+            batch.insert(
+                key(CURRENT, record.event.as_bytes()),
+                &publication_id.to_be_bytes(),
+            );
+            published.push(Publication {
+                id: publication_id,
+                record,
+            });
+        }
+
+        {
+            let _writing = self.consistency.write().unwrap_or_else(|e| e.into_inner());
+            self.tree.apply_batch(batch)?;
+        }
+        self.tree.flush()?;
+
+        let next_due = self.next_due()?;
+        Ok(Appended {
+            records: stored,
+            published,
+            next_due,
+        })
+    }
+
+    fn try_current(&self) -> Result<Vec<Publication>, Failure> {
+        let _reading = self.consistency.read().unwrap_or_else(|e| e.into_inner());
+        let mut latest = Vec::new();
+        for entry in self.tree.scan_prefix([CURRENT]) {
+            let (_, publication_id) = entry?;
+            let publication_id =
+                read_u64(&publication_id).ok_or(Failure::Corrupt(StorageError::Corrupt {
+                    id: 0,
+                    reason: "a current version has an invalid publication id".into(),
+                }))?;
+            let record_id = self
+                .tree
+                .get(key(PUBLICATION, &publication_id.to_be_bytes()))?
+                .and_then(|value| read_u64(&value))
+                .ok_or_else(|| StorageError::Corrupt {
+                    id: publication_id,
+                    reason: "the current version points to a missing publication".into(),
+                })?;
+            latest.push(Publication {
+                id: publication_id,
+                record: self.read_record(record_id)?,
+            });
+        }
+        latest.sort_unstable_by_key(|publication| publication.id);
+        Ok(latest)
+    }
+
+    fn try_collection(&self, event: &str) -> Result<Vec<Record>, Failure> {
+        let _reading = self.consistency.read().unwrap_or_else(|e| e.into_inner());
+        let mut prefix = key(BY_EVENT, event.as_bytes());
+        prefix.push(0);
+
+        let mut versions = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            let id = key.get(prefix.len()..).and_then(read_u64).ok_or_else(|| {
+                StorageError::Corrupt {
+                    id: 0,
+                    reason: format!("invalid index key for {event:?}"),
+                }
+            })?;
+            let mut record = self.read_record(id)?;
+            record.published = !self.tree.contains_key(pending_key(record.timestamp, id))?;
+            versions.push(record);
+        }
+        Ok(versions)
+    }
+
+    fn read_record(&self, id: u64) -> Result<Record, Failure> {
+        let bytes = self
+            .tree
+            .get(key(RECORD, &id.to_be_bytes()))?
+            .ok_or_else(|| StorageError::Corrupt {
+                id,
+                reason: "the record is missing".into(),
+            })?;
+        Ok(decode(id, &bytes, true)?)
+    }
+
+    /// Returns the largest id under `prefix`, or 0 when there is none.
+    fn last_id(&self, prefix: u8) -> Result<u64, Failure> {
+        match self.tree.scan_prefix([prefix]).next_back() {
+            None => Ok(0),
+            Some(entry) => {
+                let (key, _) = entry?;
+                Ok(key.get(1..).and_then(read_u64).unwrap_or(0))
+            }
+        }
+    }
+
+    fn next_due(&self) -> Result<Option<u64>, Failure> {
+        match self.tree.scan_prefix([PENDING]).next() {
+            None => Ok(None),
+            Some(entry) => {
+                let (key, _) = entry?;
+                Ok(Some(parse_pending_key(&key)?.0))
+            }
+        }
+    }
+}
+
+impl Storage for SledStorage {
+    fn append(&self, versions: &[Version], now: u64) -> Result<Appended, StorageError> {
+        self.try_append(versions, now)
+            .map_err(|failure| failure.during("append"))
+    }
+
+    fn current(&self) -> Result<Vec<Publication>, StorageError> {
+        self.try_current()
+            .map_err(|failure| failure.during("current"))
+    }
+
+    fn collection(&self, event: &str) -> Result<Vec<Record>, StorageError> {
+        self.try_collection(event)
+            .map_err(|failure| failure.during("collection"))
+    }
+}
+
+impl Drop for SledStorage {
+    fn drop(&mut self) {
+        // Every append already flushed; this covers the format marker and
+        // anything sled keeps for itself.
+        if let Err(error) = self.db.flush() {
+            tracing::error!(%error, path = %self.path.display(), "failed to flush sled on close");
+        }
+    }
+}
+
+type Failure = super::Failure<::sled::Error>;
+
+impl From<::sled::Error> for Failure {
+    fn from(error: ::sled::Error) -> Self {
+        Self::Backend(error)
+    }
+}
+
+fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + rest.len());
+    key.push(prefix);
+    key.extend_from_slice(rest);
+    key
+}
+
+fn by_event_key(event: &str, id: u64) -> Vec<u8> {
+    let mut key = key(BY_EVENT, event.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn pending_key(timestamp: u64, id: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(PENDING);
+    key.extend_from_slice(&timestamp.to_be_bytes());
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn parse_pending_key(key: &IVec) -> Result<(u64, u64), Failure> {
+    let timestamp = key.get(1..9).and_then(read_u64);
+    let id = key.get(9..17).and_then(read_u64);
+    match (timestamp, id) {
+        (Some(timestamp), Some(id)) => Ok((timestamp, id)),
+        _ => Err(Failure::Corrupt(StorageError::Corrupt {
+            id: 0,
+            reason: "invalid pending key".into(),
+        })),
+    }
+}
+
+fn read_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}

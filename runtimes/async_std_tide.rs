@@ -1,0 +1,263 @@
+//! The HTTP and SSE API served by [tide](https://docs.rs/tide) on async-std.
+//!
+//! This module only routes: request checks, error bodies, CORS and SSE
+//! framing come from the runtime-agnostic [`api`] and [`sse`](crate::sse)
+//! modules, so it responds exactly as the `tokio_axum` module does.
+//!
+//! # Status of this leg
+//!
+//! tide has had no stable release since 0.16.0, and async-std's maintainers
+//! discontinued it in 1.13.1 in favour of smol. Everything that depends on
+//! either is in this module, behind the `async-std-tide` feature, so the rest
+//! of Broker does not depend on them. Prefer `tokio-axum` for new programs.
+//!
+//! Two differences follow from async-h1, tide's HTTP/1.1 server. It does
+//! not watch a connection for a closed socket while it writes a response,
+//! so a subscriber that goes away is noticed at the next write to it: the
+//! next publication or keep-alive comment. And it has no HTTP/2.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_std::net::{TcpListener, TcpStream};
+use futures_util::future::{self, Either};
+use futures_util::io::AsyncReadExt;
+use futures_util::{StreamExt, TryStreamExt};
+use tide::http::headers::HeaderValue;
+use tide::{Body, Next, Request, Response, StatusCode};
+use tracing::{debug, info, warn};
+
+use crate::api::{self, ApiError};
+use crate::sse::KeepAlive;
+use crate::{Broker, Listen};
+
+/// How long a graceful shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Builds the tide [`Server`](tide::Server) for the whole API, ready to nest
+/// or serve.
+pub fn app(broker: Broker) -> tide::Server<Broker> {
+    let mut app = tide::with_state(broker);
+    app.with(cors);
+    app.with(json_errors);
+    app.at("/insert").post(insert);
+    app.at("/events").get(events);
+    app.at("/collection/:event").get(collection);
+    app
+}
+
+/// Serves the API on `listen` until the process ends. Call it from
+/// async-std.
+///
+/// # Errors
+///
+/// Returns the I/O error that stopped the server, such as an address
+/// already in use.
+pub async fn serve(broker: Broker, listen: impl Into<Listen>) -> io::Result<()> {
+    serve_with_shutdown(broker, listen, future::pending()).await
+}
+
+/// Serves the API on `listen` until `shutdown` completes, then ends every
+/// SSE stream, waits up to five seconds for requests in flight, and returns.
+///
+/// # Errors
+///
+/// Returns the I/O error that stopped the server.
+pub async fn serve_with_shutdown<F>(
+    broker: Broker,
+    listen: impl Into<Listen>,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::from(listen.into().into_std()?);
+    let app = app(broker.clone());
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut shutdown = Box::pin(shutdown);
+
+    // Accept connections until the shutdown future completes.
+    loop {
+        let accepted = match future::select(Box::pin(listener.accept()), shutdown.as_mut()).await {
+            Either::Left((accepted, _)) => accepted,
+            Either::Right(((), _)) => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                async_std::task::spawn(connection(app.clone(), stream, in_flight.clone()));
+                debug!(%peer, "accepted a connection");
+            }
+            Err(error) => {
+                // Running out of file descriptors is passing; keep accepting.
+                warn!(%error, "failed to accept a connection");
+                async_std::task::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    // End the streams, then give requests in flight time to finish.
+    info!("shutting down: ending streams, finishing requests in flight");
+    broker.close().await;
+    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+    while in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+        async_std::task::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Serves the requests of one connection, counting each while it runs.
+async fn connection(app: tide::Server<Broker>, stream: TcpStream, in_flight: Arc<AtomicUsize>) {
+    // Small SSE frames should leave at once rather than wait for Nagle's algorithm.
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "failed to set TCP_NODELAY");
+    }
+    let served = async_h1::accept(stream, |request| {
+        let app = app.clone();
+        let in_flight = in_flight.clone();
+        async move {
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            let response = app.respond(request).await;
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            response
+        }
+    })
+    .await;
+    if let Err(error) = served {
+        debug!(%error, "connection ended with an error");
+    }
+}
+
+async fn insert(mut request: Request<Broker>) -> tide::Result {
+    let broker = request.state().clone();
+    let content_type = request
+        .header("content-type")
+        .map(|value| value.last().as_str().to_owned());
+    let body = match read_body(&mut request, broker.config().body_limit).await {
+        Ok(body) => body,
+        Err(error) => return Ok(error_response(error)),
+    };
+    Ok(
+        match api::insert(&broker, content_type.as_deref(), &body).await {
+            Ok(record) => json(StatusCode::Created, record),
+            Err(error) => error_response(error),
+        },
+    )
+}
+
+async fn events(request: Request<Broker>) -> tide::Result {
+    let broker = request.state();
+    let subscription = match broker.subscribe().await {
+        Ok(subscription) => subscription,
+        Err(error) => return Ok(error_response(error.into())),
+    };
+    let ticks = async_std::stream::interval(broker.config().keep_alive);
+    let frames = KeepAlive::new(subscription, ticks).map(Ok::<_, io::Error>);
+
+    let mut response = Response::new(StatusCode::Ok);
+    response.set_body(Body::from_reader(frames.into_async_read(), None));
+    for (name, value) in api::SSE_HEADERS {
+        response.insert_header(name, value);
+    }
+    Ok(response)
+}
+
+async fn collection(request: Request<Broker>) -> tide::Result {
+    // The core decodes the raw segment, so that every runtime decodes alike.
+    let segment = request
+        .url()
+        .path()
+        .strip_prefix(api::COLLECTION_PREFIX)
+        .unwrap_or_default()
+        .to_owned();
+    Ok(match api::collection(request.state(), &segment).await {
+        Ok(records) => json(StatusCode::Ok, records),
+        Err(error) => error_response(error),
+    })
+}
+
+/// Reads the request body, up to `limit` bytes.
+async fn read_body(request: &mut Request<Broker>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    if request.len().is_some_and(|length| length > limit) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let mut body = Vec::new();
+    let read = request
+        .take_body()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .await;
+    match read {
+        Ok(_) if body.len() > limit => Err(ApiError::BodyTooLarge { limit }),
+        Ok(_) => Ok(body),
+        Err(error) => Err(ApiError::BodyUnreadable {
+            reason: error.to_string(),
+        }),
+    }
+}
+
+/// Adds CORS headers to every response and responds to preflights itself.
+fn cors<'a>(
+    request: Request<Broker>,
+    next: Next<'a, Broker>,
+) -> Pin<Box<dyn Future<Output = tide::Result> + Send + 'a>> {
+    Box::pin(async move {
+        let broker = request.state().clone();
+        let origins = &broker.config().allowed_origins;
+        let origin = request
+            .header("origin")
+            .map(|value| value.last().as_str().to_owned());
+
+        let (mut response, headers) = if request.method() == tide::http::Method::Options {
+            let headers = api::preflight_headers(origins, origin.as_deref());
+            (Response::new(StatusCode::NoContent), headers)
+        } else {
+            let response = next.run(request).await;
+            (response, api::cors_headers(origins, origin.as_deref()))
+        };
+        for (name, value) in headers {
+            if let Ok(value) = HeaderValue::from_bytes(value.into_bytes()) {
+                response.insert_header(name, value);
+            }
+        }
+        Ok(response)
+    })
+}
+
+/// Gives tide's own `404` and `405` responses, which have no body, the API's
+/// JSON error body.
+fn json_errors<'a>(
+    request: Request<Broker>,
+    next: Next<'a, Broker>,
+) -> Pin<Box<dyn Future<Output = tide::Result> + Send + 'a>> {
+    Box::pin(async move {
+        let method = request.method().to_string();
+        let path = request.url().path().to_owned();
+        let response = next.run(request).await;
+        if response.content_type().is_some() {
+            return Ok(response);
+        }
+        Ok(match response.status() {
+            StatusCode::NotFound => error_response(ApiError::NotFound { path }),
+            StatusCode::MethodNotAllowed => {
+                error_response(ApiError::MethodNotAllowed { method, path })
+            }
+            _ => response,
+        })
+    })
+}
+
+fn error_response(error: ApiError) -> Response {
+    let status = StatusCode::try_from(error.status()).unwrap_or(StatusCode::BadRequest);
+    json(status, error.to_json())
+}
+
+fn json(status: StatusCode, body: bytes::Bytes) -> Response {
+    let mut response = Response::new(status);
+    response.set_body(Body::from_bytes(body.to_vec()));
+    response.insert_header("content-type", "application/json");
+    response
+}
