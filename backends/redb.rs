@@ -30,6 +30,12 @@ const CURRENT: TableDefinition<&str, u64> = TableDefinition::new("current");
 /// Format marker, checked on open.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// Bytes of pages that redb keeps cached in memory. redb's own default is
+/// 1 GiB, which a server holding one small log per process should not take.
+/// Reads of the current versions are served from the core's memory, so the
+/// cache mostly serves collection reads and the write path.
+const CACHE_SIZE: usize = 64 * 1024 * 1024;
+
 /// The layout written by this version; bump it when the tables change.
 const FORMAT_VERSION: u64 = 1;
 
@@ -55,7 +61,18 @@ impl RedbStorage {
             source: source.into(),
         };
 
-        let db = Database::create(&path).map_err(|e| open_failed(e.into()))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_SIZE)
+            .create(&path)
+            .map_err(|error| match error {
+                ::redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Open {
+                    path: path.clone(),
+                    source: "another process has the database open; stop it or choose \
+                             another data folder"
+                        .into(),
+                },
+                other => open_failed(other.into()),
+            })?;
         let txn = db.begin_write().map_err(|e| open_failed(e.into()))?;
         {
             txn.open_table(RECORDS).map_err(|e| open_failed(e.into()))?;

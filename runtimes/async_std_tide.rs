@@ -11,10 +11,10 @@
 //! either is in this module, behind the `async-std-tide` feature, so the rest
 //! of Broker does not depend on them. Prefer `tokio-axum` for new programs.
 //!
-//! Two differences follow from async-h1, tide's HTTP/1.1 server. It does
-//! not watch a connection for a closed socket while it writes a response,
-//! so a subscriber that goes away is noticed at the next write to it: the
-//! next publication or keep-alive comment. And it has no HTTP/2.
+//! async-h1, tide's HTTP server, speaks HTTP/1.1 only, and it reads a
+//! connection only between requests. This module watches each connection
+//! for a closed peer itself, so that a subscriber that goes away is dropped
+//! at once, as under axum.
 
 use std::future::Future;
 use std::io;
@@ -34,6 +34,10 @@ use tracing::{debug, info, warn};
 use crate::api::{self, ApiError};
 use crate::sse::KeepAlive;
 use crate::{Broker, Listen};
+
+/// How often a connection with unread request bytes is checked for a
+/// closed peer.
+const PEEK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a graceful shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -115,6 +119,7 @@ async fn connection(app: tide::Server<Broker>, stream: TcpStream, in_flight: Arc
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "failed to set TCP_NODELAY");
     }
+    let closed = peer_closed(stream.clone());
     let served = async_h1::accept(stream, |request| {
         let app = app.clone();
         let in_flight = in_flight.clone();
@@ -124,10 +129,30 @@ async fn connection(app: tide::Server<Broker>, stream: TcpStream, in_flight: Arc
             in_flight.fetch_sub(1, Ordering::AcqRel);
             response
         }
-    })
-    .await;
-    if let Err(error) = served {
-        debug!(%error, "connection ended with an error");
+    });
+
+    // Dropping the connection's future when the peer leaves also drops an
+    // SSE response body, and with it the subscription.
+    match future::select(Box::pin(served), Box::pin(closed)).await {
+        Either::Left((Err(error), _)) => debug!(%error, "connection ended with an error"),
+        Either::Left((Ok(()), _)) => {}
+        Either::Right(((), _)) => debug!("peer closed the connection"),
+    }
+}
+
+/// Completes when the peer has closed the connection.
+///
+/// async-h1 reads a connection only between requests, so without this a
+/// subscriber that went away would be noticed only at the next write to it.
+/// `peek` leaves any bytes it sees for async-h1 to read.
+async fn peer_closed(stream: TcpStream) {
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.peek(&mut byte).await {
+            Ok(0) | Err(_) => return,
+            // Request bytes that async-h1 has not read yet; look again later.
+            Ok(_) => async_std::task::sleep(PEEK_INTERVAL).await,
+        }
     }
 }
 
@@ -136,16 +161,18 @@ async fn insert(mut request: Request<Broker>) -> tide::Result {
     let content_type = request
         .header("content-type")
         .map(|value| value.last().as_str().to_owned());
+    let origin = request
+        .header("origin")
+        .map(|value| value.last().as_str().to_owned());
     let body = match read_body(&mut request, broker.config().body_limit).await {
         Ok(body) => body,
         Err(error) => return Ok(error_response(error)),
     };
-    Ok(
-        match api::insert(&broker, content_type.as_deref(), &body).await {
-            Ok(record) => json(StatusCode::Created, record),
-            Err(error) => error_response(error),
-        },
-    )
+    let inserted = api::insert(&broker, origin.as_deref(), content_type.as_deref(), &body).await;
+    Ok(match inserted {
+        Ok(record) => json(StatusCode::Created, record),
+        Err(error) => error_response(error),
+    })
 }
 
 async fn events(request: Request<Broker>) -> tide::Result {
@@ -211,7 +238,9 @@ fn cors<'a>(
             .header("origin")
             .map(|value| value.last().as_str().to_owned());
 
-        let (mut response, headers) = if request.method() == tide::http::Method::Options {
+        let preflight =
+            request.method() == tide::http::Method::Options && api::is_route(request.url().path());
+        let (mut response, headers) = if preflight {
             let headers = api::preflight_headers(origins, origin.as_deref());
             (Response::new(StatusCode::NoContent), headers)
         } else {

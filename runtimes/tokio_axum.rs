@@ -96,7 +96,10 @@ async fn insert(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|value| value.to_str().unwrap_or("(not ASCII)"));
-    match api::insert(&broker, content_type, &body).await {
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|value| value.to_str().unwrap_or("(not ASCII)"));
+    match api::insert(&broker, origin, content_type, &body).await {
         Ok(record) => json(StatusCode::CREATED, record),
         Err(error) => error.into_response(),
     }
@@ -154,7 +157,8 @@ async fn cors(State(broker): State<Broker>, request: Request, next: Next) -> Res
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
 
-    let (mut response, headers) = if request.method() == Method::OPTIONS {
+    let preflight = request.method() == Method::OPTIONS && api::is_route(request.uri().path());
+    let (mut response, headers) = if preflight {
         let headers = api::preflight_headers(origins, origin.as_deref());
         (StatusCode::NO_CONTENT.into_response(), headers)
     } else {

@@ -81,6 +81,13 @@ pub enum ApiError {
         reason: String,
     },
 
+    /// An insert from a web page whose origin is not allowed: `403`.
+    #[error("origin {origin} is not allowed to publish; add it to BROKER_ORIGIN to publish from that site")]
+    OriginNotAllowed {
+        /// The `Origin` header sent.
+        origin: String,
+    },
+
     /// The broker cannot serve the request now: `503`.
     #[error("the broker is unavailable: {0}")]
     Unavailable(#[source] Error),
@@ -91,6 +98,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             Self::Insert(_) | Self::BodyUnreadable { .. } | Self::InvalidPath { .. } => 400,
+            Self::OriginNotAllowed { .. } => 403,
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge { .. } => 413,
@@ -109,6 +117,7 @@ impl ApiError {
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::InvalidPath { .. } => "invalid_path",
+            Self::OriginNotAllowed { .. } => "origin_not_allowed",
             Self::Unavailable(Error::ShuttingDown) => "shutting_down",
             Self::Unavailable(_) => "unavailable",
         }
@@ -156,18 +165,37 @@ impl From<Error> for ApiError {
     }
 }
 
-/// Handles `POST /insert`: checks the content type, parses the body and
-/// stores the event. Returns the record for a `201`.
+/// Handles `POST /insert`: checks the origin and content type, parses the
+/// body and stores the event. Returns the record for a `201`.
+///
+/// With a list of allowed origins, a request whose `Origin` header is not
+/// on it is rejected. CORS alone would only hide the response from the
+/// page, because a `text/plain` POST needs no preflight and so would still
+/// be stored. Requests without `Origin`, such as from curl or a server, are
+/// not affected.
 ///
 /// # Errors
 ///
-/// Returns an [`ApiError`] for a bad content type or body (nothing stored)
-/// and for a storage failure.
+/// Returns an [`ApiError`] for a disallowed origin or a bad content type or
+/// body (nothing stored), and for a storage failure.
 pub async fn insert(
     broker: &Broker,
+    origin: Option<&str>,
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Bytes, ApiError> {
+    if let Some(origin) = origin {
+        if broker
+            .config()
+            .allowed_origins
+            .allow(Some(origin))
+            .is_none()
+        {
+            return Err(ApiError::OriginNotAllowed {
+                origin: origin.to_owned(),
+            });
+        }
+    }
     check_content_type(content_type)?;
     let event = NewEvent::from_json(body)?;
     let record = broker.insert(event).await?;
@@ -196,6 +224,15 @@ pub async fn collection(broker: &Broker, segment: &str) -> Result<Bytes, ApiErro
 
 /// The route prefix of `GET /collection/{event}`.
 pub const COLLECTION_PREFIX: &str = "/collection/";
+
+/// Returns whether `path` is one of the API's routes, for any method.
+/// Preflights are answered only for these, so other paths get `404`.
+pub fn is_route(path: &str) -> bool {
+    match path.strip_prefix(COLLECTION_PREFIX) {
+        Some(segment) => !segment.is_empty() && !segment.contains('/'),
+        None => path == "/insert" || path == "/events",
+    }
+}
 
 /// Accepts JSON (`application/json`, `*/*+json`), `text/plain` (which
 /// browsers send without a CORS preflight) and a missing content type.
@@ -264,6 +301,16 @@ mod tests {
         assert!(check_content_type(Some("application/ld+json")).is_ok());
         let error = check_content_type(Some("application/x-www-form-urlencoded")).unwrap_err();
         assert_eq!(error.status(), 415);
+    }
+
+    #[test]
+    fn routes() {
+        for path in ["/insert", "/events", "/collection/a", "/collection/a%2Fb"] {
+            assert!(is_route(path), "{path}");
+        }
+        for path in ["/", "/nope", "/collection/", "/collection/a/b", "/insert/x"] {
+            assert!(!is_route(path), "{path}");
+        }
     }
 
     #[test]

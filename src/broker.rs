@@ -1,5 +1,6 @@
 //! The [`Broker`] handle and the [`Subscription`] stream it hands out.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -68,7 +69,15 @@ impl Broker {
         let data_dir = config.data_dir.clone();
         let kind = config.storage;
         Self::start(config, move || {
-            std::fs::create_dir_all(&data_dir).map_err(|source| Error::DataDir {
+            let created = if data_dir.exists() && !data_dir.is_dir() {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the path is a file, not a folder; choose a folder path",
+                ))
+            } else {
+                std::fs::create_dir_all(&data_dir)
+            };
+            created.map_err(|source| Error::DataDir {
                 path: data_dir.clone(),
                 source,
             })?;
@@ -178,7 +187,7 @@ impl Broker {
         let subscriber = subscriber.await.map_err(|_| Error::Stopped)??;
         Ok(Subscription {
             id: subscriber.id,
-            snapshot: Some(subscriber.snapshot).filter(|s| !s.is_empty()),
+            snapshot: subscriber.snapshot.into(),
             live: Box::pin(subscriber.live),
             commands: self.inner.commands.clone(),
         })
@@ -229,7 +238,8 @@ impl Broker {
 /// subscriber for falling behind. Dropping it unsubscribes.
 pub struct Subscription {
     id: u64,
-    snapshot: Option<Bytes>,
+    /// Snapshot frames not yet yielded.
+    snapshot: VecDeque<Bytes>,
     live: Pin<Box<Receiver<Bytes>>>,
     commands: Sender<Command>,
 }
@@ -247,27 +257,42 @@ impl Stream for Subscription {
     type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if let Some(snapshot) = self.snapshot.take() {
-            return Poll::Ready(Some(snapshot));
+        // The snapshot first, joined into chunks only as the client reads,
+        // so a client that does not read keeps shared frames, not copies.
+        if let Some(first) = self.snapshot.pop_front() {
+            let chunk = join(first, || self.snapshot.pop_front());
+            return Poll::Ready(Some(chunk));
         }
+
         let first = match self.live.as_mut().poll_next(cx) {
             Poll::Ready(Some(frame)) => frame,
             other => return other,
         };
-        if self.live.is_empty() {
-            return Poll::Ready(Some(first));
-        }
-
         // Join what else is queued, so a burst costs one write, not one per message.
-        let mut chunk = BytesMut::from(&first[..]);
-        while chunk.len() < MAX_CHUNK {
-            match self.live.try_recv() {
-                Ok(frame) => chunk.extend_from_slice(&frame),
-                Err(_) => break,
-            }
-        }
-        Poll::Ready(Some(chunk.freeze()))
+        let chunk = join(first, || self.live.try_recv().ok());
+        Poll::Ready(Some(chunk))
     }
+}
+
+/// Joins `first` with frames from `next` until [`MAX_CHUNK`] bytes or until
+/// `next` returns `None`; a lone frame is returned without a copy.
+fn join(first: Bytes, mut next: impl FnMut() -> Option<Bytes>) -> Bytes {
+    if first.len() >= MAX_CHUNK {
+        return first;
+    }
+    let Some(second) = next() else {
+        return first;
+    };
+    let mut chunk = BytesMut::with_capacity(MAX_CHUNK.min(first.len() + second.len()));
+    chunk.extend_from_slice(&first);
+    chunk.extend_from_slice(&second);
+    while chunk.len() < MAX_CHUNK {
+        match next() {
+            Some(frame) => chunk.extend_from_slice(&frame),
+            None => break,
+        }
+    }
+    chunk.freeze()
 }
 
 impl Drop for Subscription {

@@ -15,7 +15,7 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_channel::{Receiver, Sender, TryRecvError};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_channel::oneshot;
 use tracing::{debug, error, warn};
 
@@ -27,12 +27,17 @@ use crate::storage::{Storage, Version};
 /// Maximum inserts committed in one storage append.
 const MAX_BATCH: usize = 1024;
 
-/// The longest the core sleeps without looking at the wall clock, so that a
+/// Maximum time the core sleeps without looking at the wall clock, so that a
 /// clock change delays a due event by at most this much.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-/// How long the core waits before it retries publishing after a storage failure.
+/// How long the core waits before it retries publishing after a storage
+/// failure. The wait doubles after each failure in a row, up to
+/// [`MAX_RETRY_DELAY`], so that a lasting failure is not logged every second.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Maximum wait between retries after storage failures.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// A request to the core.
 pub(crate) enum Command {
@@ -54,8 +59,9 @@ pub(crate) enum Command {
 /// A new subscriber's snapshot and live queue, as the core hands them out.
 pub(crate) struct Subscriber {
     pub(crate) id: u64,
-    /// The current version of every name, as one chunk of SSE messages.
-    pub(crate) snapshot: Bytes,
+    /// The current version of every name, one SSE frame each, shared with
+    /// the core rather than copied.
+    pub(crate) snapshot: Vec<Bytes>,
     /// Live messages, one SSE frame each.
     pub(crate) live: Receiver<Bytes>,
 }
@@ -79,6 +85,8 @@ pub(crate) struct Core {
     next_due: Option<u64>,
     /// Set after a failed append, to pace retries of due publications.
     retry_at: Option<Instant>,
+    /// Wait before the next retry; grows while appends keep failing.
+    retry_delay: Duration,
     closing: bool,
     waker: Waker,
 }
@@ -101,6 +109,7 @@ impl Core {
             current_ids: HashMap::new(),
             next_due: None,
             retry_at: None,
+            retry_delay: RETRY_DELAY,
             closing: false,
             waker: Waker::from(Arc::new(ThreadWaker(thread::current()))),
         };
@@ -170,6 +179,7 @@ impl Core {
         match self.storage.append(&versions, now()) {
             Ok(appended) => {
                 self.retry_at = None;
+                self.retry_delay = RETRY_DELAY;
                 self.next_due = appended.next_due;
                 for publication in &appended.published {
                     self.publish(publication);
@@ -180,8 +190,15 @@ impl Core {
                 }
             }
             Err(failure) => {
-                error!(error = %failure, source = ?std::error::Error::source(&failure), inserts = versions.len(), "storage append failed");
-                self.retry_at = Some(Instant::now() + RETRY_DELAY);
+                error!(
+                    error = %failure,
+                    source = ?std::error::Error::source(&failure),
+                    inserts = versions.len(),
+                    retry_in = ?self.retry_delay,
+                    "storage append failed"
+                );
+                self.retry_at = Some(Instant::now() + self.retry_delay);
+                self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY_DELAY);
                 let failure = Arc::new(failure);
                 for reply in replies {
                     let _ = reply.send(Err(Error::Storage(failure.clone())));
@@ -233,13 +250,9 @@ impl Core {
         self.next_subscriber += 1;
         let (queue, live) = async_channel::unbounded();
 
-        let mut snapshot = BytesMut::with_capacity(self.current.values().map(Bytes::len).sum());
-        for frame in self.current.values() {
-            snapshot.extend_from_slice(frame);
-        }
         let subscriber = Subscriber {
             id,
-            snapshot: snapshot.freeze(),
+            snapshot: self.current.values().cloned().collect(),
             live,
         };
 

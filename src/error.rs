@@ -17,7 +17,7 @@ pub const MAX_EVENT_LEN: usize = 256;
 ///
 /// Every variant names the field at fault (see [`InsertError::field`]) and its
 /// message tells how to fix the request.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InsertError {
     /// The body is not valid JSON.
@@ -91,15 +91,15 @@ pub enum InsertError {
         "`timestamp` is {value}, which is negative; send epoch seconds from 0 to 253402300799"
     )]
     NegativeTimestamp {
-        /// The value sent.
-        value: i64,
+        /// The value as sent.
+        value: String,
     },
 
     /// The timestamp has a fractional part.
     #[error("`timestamp` is {value}, which is not an integer; send whole epoch seconds, e.g. Math.floor(Date.now() / 1000)")]
     FractionalTimestamp {
-        /// The value sent.
-        value: f64,
+        /// The value as sent.
+        value: String,
     },
 
     /// The timestamp is in the range of epoch milliseconds.

@@ -15,10 +15,10 @@ use serde_json::Value;
 
 use crate::error::{InsertError, MAX_EVENT_LEN, MAX_TIMESTAMP};
 
-/// Timestamps at or above this are taken for epoch milliseconds: in seconds
-/// they would be after the year 33658, while in milliseconds they cover
-/// 1973 to 9999.
-const FIRST_MILLISECOND_TIMESTAMP: u64 = 100_000_000_000;
+/// Timestamps above the maximum and at least this large are taken for epoch
+/// milliseconds, and the error message gives the hint. 10^12 ms is
+/// 2001-09-09, so every instant since then, in milliseconds, is in range.
+const FIRST_MILLISECOND_TIMESTAMP: u64 = 1_000_000_000_000;
 
 /// A validated event version that is not stored yet.
 ///
@@ -194,21 +194,42 @@ pub(crate) fn validate_event(event: &str) -> Result<(), InsertError> {
 fn check_timestamp(timestamp: u64) -> Result<u64, InsertError> {
     if timestamp <= MAX_TIMESTAMP {
         Ok(timestamp)
-    } else if timestamp >= FIRST_MILLISECOND_TIMESTAMP && timestamp / 1000 <= MAX_TIMESTAMP {
-        Err(InsertError::TimestampInMilliseconds {
+    } else {
+        Err(too_large(timestamp, &timestamp.to_string()))
+    }
+}
+
+/// Returns the error for a timestamp above the maximum, with a hint when it
+/// reads as epoch milliseconds. `text` is the value as sent.
+fn too_large(timestamp: u64, text: &str) -> InsertError {
+    if timestamp >= FIRST_MILLISECOND_TIMESTAMP && timestamp / 1000 <= MAX_TIMESTAMP {
+        InsertError::TimestampInMilliseconds {
             value: timestamp,
             seconds: timestamp / 1000,
-        })
+        }
     } else {
-        Err(InsertError::TimestampTooLarge {
-            value: timestamp.to_string(),
-        })
+        InsertError::TimestampTooLarge {
+            value: text.to_owned(),
+        }
     }
 }
 
 /// Parses `timestamp`: a non-negative integer, or `null` for "now".
+///
+/// A number with a zero fraction, such as `1700000000.0`, counts as an
+/// integer, because some JSON encoders write every number that way.
 fn parse_timestamp(raw: &RawValue) -> Result<Option<u64>, InsertError> {
-    let value: Value = serde_json::from_str(raw.get()).map_err(invalid_json)?;
+    let text = raw.get();
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        // The raw value is valid JSON, so the only failure left is a number
+        // too large for a 64-bit float, such as 1e400.
+        Err(_) => {
+            return Err(InsertError::TimestampTooLarge {
+                value: text.to_owned(),
+            })
+        }
+    };
     let number = match value {
         Value::Null => return Ok(None),
         Value::Number(number) => number,
@@ -224,25 +245,23 @@ fn parse_timestamp(raw: &RawValue) -> Result<Option<u64>, InsertError> {
     if let Some(timestamp) = number.as_u64() {
         return check_timestamp(timestamp).map(Some);
     }
-    if let Some(negative) = number.as_i64() {
-        return Err(InsertError::NegativeTimestamp { value: negative });
+    if number.as_i64().is_some() || text.starts_with('-') {
+        return Err(InsertError::NegativeTimestamp {
+            value: text.to_owned(),
+        });
     }
 
     // A float, or an integer too large for 64 bits, which serde_json reads as a float.
     let float = number.as_f64().unwrap_or(f64::INFINITY);
-    if float.fract() != 0.0 && float.abs() < 1e16 {
-        Err(InsertError::FractionalTimestamp { value: float })
-    } else if float < 0.0 {
-        Err(InsertError::NegativeTimestamp {
-            value: float.max(i64::MIN as f64) as i64,
+    if float.fract() != 0.0 {
+        Err(InsertError::FractionalTimestamp {
+            value: text.to_owned(),
         })
     } else if float <= MAX_TIMESTAMP as f64 {
-        // An integral float such as `1700000000.0`.
         Ok(Some(float as u64))
     } else {
-        Err(InsertError::TimestampTooLarge {
-            value: raw.get().to_owned(),
-        })
+        // Saturates at u64::MAX, which is far beyond any millisecond value.
+        Err(too_large(float as u64, text))
     }
 }
 
@@ -479,6 +498,35 @@ mod tests {
         assert!(NewEvent::from_json(format!(r#"{{"event":"{name}"}}"#).as_bytes()).is_ok());
         let error = reject(&format!(r#"{{"event":"{name}a"}}"#));
         assert_eq!(error, InsertError::EventTooLong { len: 257 });
+    }
+
+    #[test]
+    fn timestamp_edges() {
+        let max_plus_one = reject(r#"{"event":"a","timestamp":253402300800}"#);
+        assert_eq!(max_plus_one.code(), "invalid_timestamp");
+        assert!(
+            !max_plus_one.to_string().contains("milliseconds"),
+            "{max_plus_one}"
+        );
+
+        let float_millis = reject(r#"{"event":"a","timestamp":1733312000000.0}"#);
+        assert!(
+            float_millis.to_string().contains("milliseconds"),
+            "{float_millis}"
+        );
+
+        let below_i64 = reject(r#"{"event":"a","timestamp":-9223372036854775809}"#);
+        assert!(
+            below_i64.to_string().contains("-9223372036854775809"),
+            "{below_i64}"
+        );
+
+        let huge = reject(r#"{"event":"a","timestamp":1e400}"#);
+        assert!(huge.to_string().contains("1e400"), "{huge}");
+        assert!(!huge.to_string().contains("column"), "{huge}");
+
+        let tiny_fraction = reject(r#"{"event":"a","timestamp":-1.5}"#);
+        assert_eq!(tiny_fraction.code(), "invalid_timestamp");
     }
 
     #[test]

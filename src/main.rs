@@ -29,7 +29,11 @@ use tracing_subscriber::EnvFilter;
 /// over Server-Sent Events at GET /events, read a name's history at
 /// GET /collection/{event}.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Logging: RUST_LOG sets the filter (default info), e.g. RUST_LOG=broker=debug."
+)]
 struct Args {
     /// IP address to listen on.
     #[arg(long, env = "BROKER_HOST", default_value = "0.0.0.0")]
@@ -49,7 +53,7 @@ struct Args {
     origin: AllowedOrigins,
 
     /// Maximum request body, in bytes; larger bodies get 413.
-    #[arg(long, env = "BROKER_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
+    #[arg(long, env = "BROKER_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT, value_parser = parse_positive)]
     body_limit: usize,
 
     /// Seconds between keep-alive comments on idle SSE streams (decimals allowed).
@@ -57,7 +61,7 @@ struct Args {
     keep_alive: Duration,
 
     /// Messages a subscriber may have queued before it is disconnected as too slow.
-    #[arg(long, env = "BROKER_QUEUE_CAPACITY", default_value_t = DEFAULT_QUEUE_CAPACITY)]
+    #[arg(long, env = "BROKER_QUEUE_CAPACITY", default_value_t = DEFAULT_QUEUE_CAPACITY, value_parser = parse_positive)]
     queue_capacity: usize,
 
     /// Storage backend.
@@ -223,6 +227,14 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
 #[cfg(not(unix))]
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     Ok(std::future::pending())
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(value) => Ok(value),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -130,6 +130,22 @@ pub(crate) async fn origin_list(pair: Pair) {
         "http://a.example",
     ];
     for origin in unlisted {
+        // A page from another site must not publish, even with a
+        // text/plain body that a browser sends without a preflight.
+        let insert = Some(("text/plain", json!({ "event": "forged" }).to_string()));
+        let reply = request_from(&server, origin, Method::POST, "/insert", insert).await;
+        assert_eq!(
+            reply.status, 403,
+            "POST /insert from unlisted origin {origin}: expected 403, got {} {}",
+            reply.status, reply.text
+        );
+        assert_eq!(
+            reply.json()["error"],
+            "origin_not_allowed",
+            "POST /insert from unlisted origin {origin}: {}",
+            reply.text
+        );
+
         let reply = request_from(&server, origin, Method::GET, "/collection/x", None).await;
         assert_eq!(
             reply.header("access-control-allow-origin"),
@@ -163,6 +179,12 @@ pub(crate) async fn origin_list(pair: Pair) {
         Some(ALLOWED_A),
         "GET /events from a listed origin: the origin should be echoed"
     );
+
+    let forged = server.collection("forged").await;
+    assert!(
+        forged.is_empty(),
+        "inserts from unlisted origins must store nothing: {forged:?}"
+    );
 }
 
 /// Checks that `OPTIONS` on any path returns 2xx with the allowed methods and headers.
@@ -173,7 +195,6 @@ pub(crate) async fn preflight(pair: Pair) {
         ("/insert", "POST"),
         ("/events", "GET"),
         ("/collection/name", "GET"),
-        ("/nope", "GET"),
     ];
 
     for (path, method) in requests {
@@ -213,5 +234,21 @@ pub(crate) async fn preflight(pair: Pair) {
                 "{context}: access-control-allow-headers should list {expected}, got {headers:?}"
             );
         }
+    }
+
+    // Paths outside the API get the JSON 404, not a preflight answer.
+    for path in ["/nope", "/collection/"] {
+        let reply = send_preflight(&server, origin, path, "GET").await;
+        assert_eq!(
+            reply.status, 404,
+            "OPTIONS {path}: expected 404, got {} {}",
+            reply.status, reply.text
+        );
+        assert_eq!(
+            reply.json()["error"],
+            "not_found",
+            "OPTIONS {path}: expected a JSON 404 body, got {}",
+            reply.text
+        );
     }
 }
