@@ -124,6 +124,15 @@ impl Storage for RedbStorage {
             .map_err(|failure| failure.during("current"))
     }
 
+    fn publications_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Publication>, StorageError> {
+        self.try_publications_after(after, limit)
+            .map_err(|failure| failure.during("publications_after"))
+    }
+
     fn collection(&self, event: &str) -> Result<Vec<Record>, StorageError> {
         self.try_collection(event)
             .map_err(|failure| failure.during("collection"))
@@ -218,6 +227,29 @@ impl RedbStorage {
         }
         latest.sort_unstable_by_key(|publication| publication.id);
         Ok(latest)
+    }
+
+    fn try_publications_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Publication>, Failure> {
+        let txn = self.db.begin_read()?;
+        let records = txn.open_table(RECORDS)?;
+        let publications = txn.open_table(PUBLICATIONS)?;
+
+        let mut page = Vec::new();
+        let Some(first) = after.checked_add(1) else {
+            return Ok(page);
+        };
+        for entry in publications.range(first..)?.take(limit) {
+            let (publication_id, record_id) = entry?;
+            page.push(Publication {
+                id: publication_id.value(),
+                record: read_record(&records, record_id.value(), true)?,
+            });
+        }
+        Ok(page)
     }
 
     fn try_collection(&self, event: &str) -> Result<Vec<Record>, Failure> {

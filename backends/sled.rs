@@ -212,6 +212,35 @@ impl SledStorage {
         Ok(latest)
     }
 
+    fn try_publications_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Publication>, Failure> {
+        let _reading = self.consistency.read().unwrap_or_else(|e| e.into_inner());
+        let mut page = Vec::new();
+        let Some(first) = after.checked_add(1) else {
+            return Ok(page);
+        };
+        let start = key(PUBLICATION, &first.to_be_bytes());
+        let end = key(PUBLICATION, &u64::MAX.to_be_bytes());
+        for entry in self.tree.range(start..=end).take(limit) {
+            let (key, record_id) = entry?;
+            let ids = key.get(1..).and_then(read_u64).zip(read_u64(&record_id));
+            let Some((publication_id, record_id)) = ids else {
+                return Err(Failure::Corrupt(StorageError::Corrupt {
+                    id: 0,
+                    reason: "invalid publication entry".into(),
+                }));
+            };
+            page.push(Publication {
+                id: publication_id,
+                record: self.read_record(record_id)?,
+            });
+        }
+        Ok(page)
+    }
+
     fn try_collection(&self, event: &str) -> Result<Vec<Record>, Failure> {
         let _reading = self.consistency.read().unwrap_or_else(|e| e.into_inner());
         let mut prefix = key(BY_EVENT, event.as_bytes());
@@ -275,6 +304,15 @@ impl Storage for SledStorage {
     fn current(&self) -> Result<Vec<Publication>, StorageError> {
         self.try_current()
             .map_err(|failure| failure.during("current"))
+    }
+
+    fn publications_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Publication>, StorageError> {
+        self.try_publications_after(after, limit)
+            .map_err(|failure| failure.during("publications_after"))
     }
 
     fn collection(&self, event: &str) -> Result<Vec<Record>, StorageError> {

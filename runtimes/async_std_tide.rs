@@ -177,9 +177,13 @@ async fn insert(mut request: Request<Broker>) -> tide::Result {
 
 async fn events(request: Request<Broker>) -> tide::Result {
     let broker = request.state();
-    let subscription = match broker.subscribe().await {
-        Ok(subscription) => subscription,
-        Err(error) => return Ok(error_response(error.into())),
+    let last_event_id = request
+        .header("last-event-id")
+        .map(|value| value.last().as_str());
+    let subscribed = api::events(broker, request.url().query(), last_event_id).await;
+    let (subscription, resume) = match subscribed {
+        Ok(subscribed) => subscribed,
+        Err(error) => return Ok(error_response(error)),
     };
     let ticks = async_std::stream::interval(broker.config().keep_alive);
     let frames = KeepAlive::new(subscription, ticks).map(Ok::<_, io::Error>);
@@ -188,6 +192,9 @@ async fn events(request: Request<Broker>) -> tide::Result {
     response.set_body(Body::from_reader(frames.into_async_read(), None));
     for (name, value) in api::SSE_HEADERS {
         response.insert_header(name, value);
+    }
+    if let Some(resume) = resume {
+        response.insert_header(api::RESUME_HEADER, resume);
     }
     Ok(response)
 }

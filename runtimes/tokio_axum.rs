@@ -105,10 +105,13 @@ async fn insert(
     }
 }
 
-async fn events(State(broker): State<Broker>) -> Response {
-    let subscription = match broker.subscribe().await {
-        Ok(subscription) => subscription,
-        Err(error) => return ApiError::from(error).into_response(),
+async fn events(State(broker): State<Broker>, uri: Uri, headers: HeaderMap) -> Response {
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|value| value.to_str().unwrap_or("(not ASCII)"));
+    let (subscription, resume) = match api::events(&broker, uri.query(), last_event_id).await {
+        Ok(subscribed) => subscribed,
+        Err(error) => return error.into_response(),
     };
     let ticks = Ticks::new(broker.config().keep_alive);
     let stream = KeepAlive::new(subscription, ticks).map(Ok::<_, Infallible>);
@@ -118,6 +121,12 @@ async fn events(State(broker): State<Broker>) -> Response {
         response.headers_mut().insert(
             HeaderName::from_static(name),
             HeaderValue::from_static(value),
+        );
+    }
+    if let Some(resume) = resume {
+        response.headers_mut().insert(
+            HeaderName::from_static(api::RESUME_HEADER),
+            HeaderValue::from_static(resume),
         );
     }
     response

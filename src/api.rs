@@ -6,10 +6,10 @@ use bytes::Bytes;
 use serde::Serialize;
 use tracing::{debug, error};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, SubscribeOptions, Subscription};
 use crate::config::AllowedOrigins;
 use crate::error::{Error, InsertError};
-use crate::event::NewEvent;
+use crate::event::{validate_event, NewEvent};
 
 /// Headers of every `GET /events` response.
 pub const SSE_HEADERS: [(&str, &str); 3] = [
@@ -81,6 +81,24 @@ pub enum ApiError {
         reason: String,
     },
 
+    /// A resume position that is not a publication id: `400`.
+    #[error("{source_name} is {value:?}, which is not a publication id; send the `id` of the last message received (a whole number), or omit it")]
+    InvalidLastEventId {
+        /// Where it came from: the `Last-Event-ID` header or the `lastEventId` query parameter.
+        source_name: &'static str,
+        /// The value sent.
+        value: String,
+    },
+
+    /// An event name in a filter that no event can have: `400`.
+    #[error("the `event` filter {value:?} is not a valid event name: {reason}")]
+    InvalidFilter {
+        /// The name sent.
+        value: String,
+        /// Why no event can have it.
+        reason: InsertError,
+    },
+
     /// An insert from a web page whose origin is not allowed: `403`.
     #[error("origin {origin} is not allowed to publish; add it to BROKER_ORIGIN to publish from that site")]
     OriginNotAllowed {
@@ -97,7 +115,11 @@ impl ApiError {
     /// Returns the HTTP status code.
     pub fn status(&self) -> u16 {
         match self {
-            Self::Insert(_) | Self::BodyUnreadable { .. } | Self::InvalidPath { .. } => 400,
+            Self::Insert(_)
+            | Self::BodyUnreadable { .. }
+            | Self::InvalidPath { .. }
+            | Self::InvalidLastEventId { .. }
+            | Self::InvalidFilter { .. } => 400,
             Self::OriginNotAllowed { .. } => 403,
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
@@ -117,6 +139,8 @@ impl ApiError {
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::InvalidPath { .. } => "invalid_path",
+            Self::InvalidLastEventId { .. } => "invalid_last_event_id",
+            Self::InvalidFilter { .. } => "invalid_filter",
             Self::OriginNotAllowed { .. } => "origin_not_allowed",
             Self::Unavailable(Error::ShuttingDown) => "shutting_down",
             Self::Unavailable(_) => "unavailable",
@@ -135,6 +159,8 @@ impl ApiError {
         }
         let field = match self {
             Self::Insert(error) => error.field(),
+            Self::InvalidLastEventId { source_name, .. } => Some(*source_name),
+            Self::InvalidFilter { .. } => Some("event"),
             _ => None,
         };
         let body = Body {
@@ -202,6 +228,84 @@ pub async fn insert(
     Ok(to_json(&record))
 }
 
+/// The response header that tells a resuming client how its stream starts:
+/// `resumed` when it gets every publication after its id, `reset` when its
+/// id is unknown to this log and it gets the snapshot instead.
+pub const RESUME_HEADER: &str = "broker-resume";
+
+/// Handles `GET /events`: reads the resume position and name filter, and
+/// subscribes. Returns the stream and the value of [`RESUME_HEADER`], if any.
+///
+/// `query` is the raw query string. It may carry `event` (repeated, one name
+/// each) and `lastEventId`, for a first request that resumes. The
+/// `Last-Event-ID` header, which browsers send on their own when they
+/// reconnect, takes precedence over `lastEventId`.
+///
+/// # Errors
+///
+/// Returns [`ApiError::InvalidLastEventId`] or [`ApiError::InvalidFilter`]
+/// for a bad request, and [`ApiError::Unavailable`] during shutdown.
+pub async fn events(
+    broker: &Broker,
+    query: Option<&str>,
+    last_event_id: Option<&str>,
+) -> Result<(Subscription, Option<&'static str>), ApiError> {
+    let options = subscribe_options(query, last_event_id)?;
+    let resuming = options.after.is_some();
+    let subscription = broker.subscribe(options).await?;
+    let resume = match (resuming, subscription.is_reset()) {
+        (false, _) => None,
+        (true, false) => Some("resumed"),
+        (true, true) => Some("reset"),
+    };
+    Ok((subscription, resume))
+}
+
+fn subscribe_options(
+    query: Option<&str>,
+    last_event_id: Option<&str>,
+) -> Result<SubscribeOptions, ApiError> {
+    let mut options = SubscribeOptions::default();
+    let mut query_id = None;
+    let mut events = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "event" => {
+                validate_event(&value).map_err(|reason| ApiError::InvalidFilter {
+                    value: value.to_string(),
+                    reason,
+                })?;
+                events.push(value.into_owned());
+            }
+            "lastEventId" => query_id = Some(value.into_owned()),
+            // Other parameters, such as cache busters, are ignored.
+            _ => {}
+        }
+    }
+    if !events.is_empty() {
+        options = options.events(events);
+    }
+
+    // An empty value means no id, as in the SSE specification's handling of
+    // an empty `id:` field.
+    let header = last_event_id.map(str::trim).filter(|id| !id.is_empty());
+    let position = match (header, query_id.as_deref().map(str::trim)) {
+        (Some(id), _) => Some(("Last-Event-ID", id)),
+        (None, Some(id)) if !id.is_empty() => Some(("lastEventId", id)),
+        _ => None,
+    };
+    if let Some((source_name, id)) = position {
+        let after = id
+            .parse::<u64>()
+            .map_err(|_| ApiError::InvalidLastEventId {
+                source_name,
+                value: id.to_owned(),
+            })?;
+        options = options.after(after);
+    }
+    Ok(options)
+}
+
 /// Handles `GET /collection/{event}`, given the path segment as sent,
 /// still percent-encoded.
 ///
@@ -260,9 +364,11 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), ApiError> {
 
 /// Returns the CORS headers for a response to a request from `origin`.
 pub fn cors_headers(origins: &AllowedOrigins, origin: Option<&str>) -> Vec<(&'static str, String)> {
-    let mut headers = Vec::with_capacity(2);
+    let mut headers = Vec::with_capacity(3);
     if let Some(allowed) = origins.allow(origin) {
         headers.push(("access-control-allow-origin", allowed.to_owned()));
+        // Lets fetch-based SSE clients read how their stream resumed.
+        headers.push(("access-control-expose-headers", RESUME_HEADER.to_owned()));
     }
     if let AllowedOrigins::List(_) = origins {
         // The header depends on the request's origin, so caches must key on it.
@@ -301,6 +407,27 @@ mod tests {
         assert!(check_content_type(Some("application/ld+json")).is_ok());
         let error = check_content_type(Some("application/x-www-form-urlencoded")).unwrap_err();
         assert_eq!(error.status(), 415);
+    }
+
+    #[test]
+    fn events_query() {
+        let options =
+            subscribe_options(Some("event=a&event=b%20c&_=1&lastEventId=7"), None).unwrap();
+        assert_eq!(options.events, Some(vec!["a".to_owned(), "b c".to_owned()]));
+        assert_eq!(options.after, Some(7));
+
+        let header_wins = subscribe_options(Some("lastEventId=7"), Some("9")).unwrap();
+        assert_eq!(header_wins.after, Some(9));
+
+        let empty = subscribe_options(Some("lastEventId="), Some("")).unwrap();
+        assert_eq!(empty.after, None);
+        assert_eq!(empty.events, None);
+
+        let error = subscribe_options(None, Some("abc")).unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert!(error.to_string().contains("Last-Event-ID"), "{error}");
+        let error = subscribe_options(Some("event=%0A"), None).unwrap_err();
+        assert_eq!(error.code(), "invalid_filter");
     }
 
     #[test]

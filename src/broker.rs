@@ -1,7 +1,8 @@
 //! The [`Broker`] handle and the [`Subscription`] stream it hands out.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,12 +12,13 @@ use async_channel::{Receiver, Sender};
 use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
 use futures_core::Stream;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::core::{self, Command, Core};
+use crate::core::{self, Command, Core, Start};
 use crate::error::{Error, StorageError};
-use crate::event::{NewEvent, Record};
+use crate::event::{NewEvent, Publication, Record};
+use crate::sse;
 use crate::storage::{Storage, Version};
 
 /// Threads that serve storage reads, beside the core thread that writes.
@@ -178,16 +180,58 @@ impl Broker {
     /// Subscribes to publications: first the current version of every name,
     /// then every publication as it happens.
     ///
+    /// With [`SubscribeOptions::after`], a client that saw publications up to
+    /// an id gets every later one exactly once, in order, then the live
+    /// ones, and no snapshot. An id that this log never issued gets the
+    /// snapshot instead, and [`Subscription::is_reset`] says so.
+    ///
+    /// ```
+    /// # futures_lite::future::block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let broker = broker::Broker::open(broker::Config::default().with_data_dir(dir.path())).await?;
+    /// let options = broker::SubscribeOptions::default().after(41).events(["title"]);
+    /// let subscription = broker.subscribe(options).await?;
+    /// assert!(subscription.is_reset(), "this new log has not issued id 41");
+    /// # Ok::<(), broker::Error>(())
+    /// # }).unwrap();
+    /// ```
+    ///
     /// # Errors
     ///
     /// Returns [`Error::ShuttingDown`] after [`Broker::close`].
-    pub async fn subscribe(&self) -> Result<Subscription, Error> {
+    pub async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, Error> {
+        let events: Option<Arc<HashSet<String>>> = options
+            .events
+            .map(|events| Arc::new(events.into_iter().collect()));
         let (reply, subscriber) = oneshot::channel();
-        self.send(Command::Subscribe { reply }).await?;
+        let command = Command::Subscribe {
+            after: options.after,
+            events: events.clone(),
+            reply,
+        };
+        self.send(command).await?;
         let subscriber = subscriber.await.map_err(|_| Error::Stopped)??;
+
+        let (snapshot, replay, reset) = match subscriber.start {
+            Start::Snapshot { frames, reset } => (frames.into(), None, reset),
+            Start::Replay { after, until } => {
+                let replay = Replay {
+                    broker: self.clone(),
+                    cursor: after,
+                    until,
+                    events,
+                    page: None,
+                };
+                (VecDeque::new(), Some(replay), false)
+            }
+        };
+        let retry = self.inner.config.retry.as_millis();
         Ok(Subscription {
             id: subscriber.id,
-            snapshot: subscriber.snapshot.into(),
+            prelude: Some(Bytes::from(format!("retry: {retry}\n\n"))),
+            reset,
+            snapshot,
+            replay,
             live: Box::pin(subscriber.live),
             commands: self.inner.commands.clone(),
         })
@@ -200,18 +244,28 @@ impl Broker {
     ///
     /// Returns [`Error::Storage`] when the read fails.
     pub async fn collection(&self, event: &str) -> Result<Vec<Record>, Error> {
-        let storage = self.inner.storage.clone();
         let event = event.to_owned();
-        let (reply, records) = oneshot::channel::<Result<Vec<Record>, StorageError>>();
-        let job: ReadJob = Box::new(move || {
-            let _ = reply.send(storage.collection(&event));
-        });
-        self.inner
-            .reads
-            .send(job)
+        self.read(move |storage| storage.collection(&event))
             .await
-            .map_err(|_| Error::Stopped)?;
-        Ok(records.await.map_err(|_| Error::Stopped)??)
+            .map_err(|_| Error::Stopped)?
+            .map_err(Error::from)
+    }
+
+    /// Runs `read` on a read thread; the receiver yields its result.
+    fn read<T, F>(&self, read: F) -> oneshot::Receiver<Result<T, StorageError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
+    {
+        let storage = self.inner.storage.clone();
+        let (reply, result) = oneshot::channel();
+        let job: ReadJob = Box::new(move || {
+            let _ = reply.send(read(storage.as_ref()));
+        });
+        // The read queue is unbounded, so this only fails once the read
+        // threads are gone; the receiver then reports the reply as dropped.
+        let _ = self.inner.reads.try_send(job);
+        result
     }
 
     /// Ends every subscription and refuses new ones, for a graceful shutdown.
@@ -231,23 +285,135 @@ impl Broker {
     }
 }
 
+/// A subscription request: where to resume and which names to receive.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// The last publication id the client has seen; `None` starts from the
+    /// snapshot.
+    pub after: Option<u64>,
+    /// Event names to receive; `None` receives every name.
+    pub events: Option<Vec<String>>,
+}
+
+impl SubscribeOptions {
+    /// Resumes after publication `id`.
+    pub fn after(mut self, id: u64) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// Receives only `events`, in the snapshot and live.
+    pub fn events<I, S>(mut self, events: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.events = Some(events.into_iter().map(Into::into).collect());
+        self
+    }
+}
+
+/// Publications still to read from storage for a resuming subscriber.
+struct Replay {
+    broker: Broker,
+    /// The last publication id already sent or skipped.
+    cursor: u64,
+    /// The last publication id to read; later ones come from the live queue.
+    until: u64,
+    events: Option<Arc<HashSet<String>>>,
+    /// The page being read, if any.
+    page: Option<oneshot::Receiver<Result<Vec<Publication>, StorageError>>>,
+}
+
+/// Publications read from storage in one step of a replay.
+const REPLAY_PAGE: usize = 1000;
+
 /// A stream of SSE-encoded bytes for one subscriber.
 ///
-/// Yields the snapshot first, then live messages, several joined into one
-/// chunk when they queue up. Ends when the broker closes or drops the
-/// subscriber for falling behind. Dropping it unsubscribes.
+/// Yields a `retry:` field first, then the snapshot or the replay of missed
+/// publications, then live messages, several joined into one chunk when they
+/// queue up. Ends when the broker closes, or drops the subscriber for falling
+/// behind, or a replay read fails. Dropping it unsubscribes.
 pub struct Subscription {
     id: u64,
+    /// The `retry:` field, not yet yielded.
+    prelude: Option<Bytes>,
+    reset: bool,
     /// Snapshot frames not yet yielded.
     snapshot: VecDeque<Bytes>,
+    replay: Option<Replay>,
     live: Pin<Box<Receiver<Bytes>>>,
     commands: Sender<Command>,
+}
+
+impl Subscription {
+    /// Returns whether the client asked to resume from an id that this log
+    /// never issued, and so gets the snapshot: it may have missed events.
+    pub fn is_reset(&self) -> bool {
+        self.reset
+    }
+
+    /// Reads and encodes the next page of a replay. Returns `None` when the
+    /// replay is over, and ends it.
+    fn poll_replay(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+        let Some(replay) = self.replay.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            if replay.cursor >= replay.until {
+                self.replay = None;
+                return Poll::Ready(None);
+            }
+            let page = replay.page.get_or_insert_with(|| {
+                let after = replay.cursor;
+                replay
+                    .broker
+                    .read(move |storage| storage.publications_after(after, REPLAY_PAGE))
+            });
+            let publications = match Pin::new(page).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Ok(publications))) => publications,
+                Poll::Ready(Ok(Err(error))) => {
+                    self.replay = None;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Poll::Ready(Err(_)) => {
+                    self.replay = None;
+                    return Poll::Ready(Some(Err(Error::Stopped)));
+                }
+            };
+            replay.page = None;
+
+            // Keep what the subscriber asked for, up to `until`.
+            let mut chunk = BytesMut::new();
+            let mut last = replay.until;
+            for publication in publications {
+                if publication.id > replay.until {
+                    break;
+                }
+                last = publication.id;
+                let requested = replay
+                    .events
+                    .as_ref()
+                    .is_none_or(|events| events.contains(&publication.record.event));
+                if requested {
+                    chunk.extend_from_slice(&sse::encode(&publication));
+                }
+            }
+            replay.cursor = last;
+            if !chunk.is_empty() {
+                return Poll::Ready(Some(Ok(chunk.freeze())));
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
             .field("id", &self.id)
+            .field("reset", &self.reset)
             .field("queued", &self.live.len())
             .finish_non_exhaustive()
     }
@@ -257,11 +423,27 @@ impl Stream for Subscription {
     type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        // The snapshot first, joined into chunks only as the client reads,
-        // so a client that does not read keeps shared frames, not copies.
+        if let Some(prelude) = self.prelude.take() {
+            return Poll::Ready(Some(prelude));
+        }
+
+        // The snapshot, joined into chunks only as the client reads, so a
+        // client that does not read keeps shared frames, not copies.
         if let Some(first) = self.snapshot.pop_front() {
             let chunk = join(first, || self.snapshot.pop_front());
             return Poll::Ready(Some(chunk));
+        }
+
+        // Or the missed publications, read from storage page by page.
+        match self.poll_replay(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => return Poll::Ready(Some(chunk)),
+            Poll::Ready(Some(Err(error))) => {
+                // Ending the stream makes the client reconnect and resume.
+                warn!(subscriber = self.id, %error, "replay read failed, ending the stream");
+                return Poll::Ready(None);
+            }
+            Poll::Ready(None) => {}
         }
 
         let first = match self.live.as_mut().poll_next(cx) {

@@ -14,6 +14,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// Default interval between SSE keep-alive comments.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// Default reconnection delay that each SSE stream asks clients to use.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
+
 /// Default number of messages a subscriber may have queued before it is
 /// disconnected as too slow.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
@@ -41,6 +44,9 @@ pub struct Config {
     pub keep_alive: Duration,
     /// Messages a subscriber may have queued before it is disconnected.
     pub queue_capacity: usize,
+    /// Reconnection delay sent as the `retry:` field at the start of each
+    /// SSE stream, in whole milliseconds.
+    pub retry: Duration,
     /// Storage backend that [`Broker::open`](crate::Broker::open) opens.
     #[cfg(any(feature = "redb", feature = "sled"))]
     pub storage: crate::backends::StorageKind,
@@ -54,6 +60,7 @@ impl Default for Config {
             body_limit: DEFAULT_BODY_LIMIT,
             keep_alive: DEFAULT_KEEP_ALIVE,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            retry: DEFAULT_RETRY,
             #[cfg(any(feature = "redb", feature = "sled"))]
             storage: crate::backends::StorageKind::default(),
         }
@@ -89,6 +96,12 @@ impl Config {
     /// disconnected as too slow.
     pub fn with_queue_capacity(mut self, messages: usize) -> Self {
         self.queue_capacity = messages;
+        self
+    }
+
+    /// Sets the reconnection delay sent as the `retry:` field of each SSE stream.
+    pub fn with_retry(mut self, delay: Duration) -> Self {
+        self.retry = delay;
         self
     }
 

@@ -7,7 +7,7 @@
 //! thread applies every command in order, publication order, the snapshot a
 //! new subscriber gets and the live messages after it always agree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -46,8 +46,13 @@ pub(crate) enum Command {
         version: Version,
         reply: oneshot::Sender<Result<Record, Error>>,
     },
-    /// Register a subscriber and reply with the snapshot and its live queue.
+    /// Register a subscriber and reply with where its stream starts and
+    /// its live queue.
     Subscribe {
+        /// The last publication id the client has seen, if it is resuming.
+        after: Option<u64>,
+        /// Event names to send, or `None` for all.
+        events: Option<Arc<HashSet<String>>>,
         reply: oneshot::Sender<Result<Subscriber, Error>>,
     },
     /// Forget a subscriber whose stream was dropped.
@@ -56,14 +61,30 @@ pub(crate) enum Command {
     Close,
 }
 
-/// A new subscriber's snapshot and live queue, as the core hands them out.
+/// A new subscriber's start and live queue, as the core hands them out.
 pub(crate) struct Subscriber {
     pub(crate) id: u64,
-    /// The current version of every name, one SSE frame each, shared with
-    /// the core rather than copied.
-    pub(crate) snapshot: Vec<Bytes>,
-    /// Live messages, one SSE frame each.
+    pub(crate) start: Start,
+    /// Live messages, one SSE frame each: every publication after the
+    /// start, so that the start and the queue neither overlap nor leave a gap.
     pub(crate) live: Receiver<Bytes>,
+}
+
+/// Where a new subscriber's stream starts.
+pub(crate) enum Start {
+    /// The current version of every requested name, one SSE frame each,
+    /// shared with the core rather than copied. `reset` is set when the
+    /// client asked to resume from an id this log never issued.
+    Snapshot { frames: Vec<Bytes>, reset: bool },
+    /// The publications with ids in `after + 1 ..= until`, to be read from
+    /// storage, then the live queue.
+    Replay { after: u64, until: u64 },
+}
+
+/// A registered subscriber's live queue and name filter.
+struct Entry {
+    queue: Sender<Bytes>,
+    events: Option<Arc<HashSet<String>>>,
 }
 
 /// The core's state. Lives on its own thread; see [`Core::run`].
@@ -73,7 +94,7 @@ pub(crate) struct Core {
     /// Live queues by subscriber id. Queues are unbounded channels whose
     /// length the core checks before each send, because a bounded
     /// async-channel allocates its whole capacity up front.
-    subscribers: HashMap<u64, Sender<Bytes>>,
+    subscribers: HashMap<u64, Entry>,
     next_subscriber: u64,
     queue_capacity: usize,
     /// Encoded current version of each name, keyed by publication id so
@@ -81,6 +102,8 @@ pub(crate) struct Core {
     current: BTreeMap<u64, Bytes>,
     /// Publication id of each name's current version.
     current_ids: HashMap<String, u64>,
+    /// The latest publication id, 0 before the first publication.
+    last_publication: u64,
     /// Timestamp of the earliest pending version.
     next_due: Option<u64>,
     /// Set after a failed append, to pace retries of due publications.
@@ -107,6 +130,7 @@ impl Core {
             queue_capacity,
             current: BTreeMap::new(),
             current_ids: HashMap::new(),
+            last_publication: 0,
             next_due: None,
             retry_at: None,
             retry_delay: RETRY_DELAY,
@@ -160,7 +184,11 @@ impl Core {
     fn apply(&mut self, command: Command, inserts: &mut Vec<(Version, InsertReply)>) {
         match command {
             Command::Insert { version, reply } => inserts.push((version, reply)),
-            Command::Subscribe { reply } => self.subscribe(reply),
+            Command::Subscribe {
+                after,
+                events,
+                reply,
+            } => self.subscribe(after, events, reply),
             Command::Unsubscribe { id } => {
                 if self.subscribers.remove(&id).is_some() {
                     debug!(subscriber = id, "subscriber left");
@@ -220,7 +248,14 @@ impl Core {
         );
 
         let capacity = self.queue_capacity;
-        self.subscribers.retain(|&id, queue| {
+        let event = &publication.record.event;
+        self.subscribers.retain(|&id, Entry { queue, events }| {
+            if events
+                .as_ref()
+                .is_some_and(|events| !events.contains(event))
+            {
+                return true;
+            }
             if queue.len() >= capacity {
                 warn!(
                     subscriber = id,
@@ -233,6 +268,7 @@ impl Core {
     }
 
     fn set_current(&mut self, publication: &Publication, frame: Bytes) {
+        self.last_publication = self.last_publication.max(publication.id);
         let name = publication.record.event.clone();
         if let Some(previous) = self.current_ids.insert(name, publication.id) {
             self.current.remove(&previous);
@@ -240,30 +276,62 @@ impl Core {
         self.current.insert(publication.id, frame);
     }
 
-    fn subscribe(&mut self, reply: oneshot::Sender<Result<Subscriber, Error>>) {
+    fn subscribe(
+        &mut self,
+        after: Option<u64>,
+        events: Option<Arc<HashSet<String>>>,
+        reply: oneshot::Sender<Result<Subscriber, Error>>,
+    ) {
         if self.closing {
             let _ = reply.send(Err(Error::ShuttingDown));
             return;
         }
 
+        let start = match after {
+            Some(after) if after <= self.last_publication => Start::Replay {
+                after,
+                until: self.last_publication,
+            },
+            // An id ahead of the log, as after a data reset: the client
+            // may have missed anything, so it gets the whole state.
+            Some(_) => Start::Snapshot {
+                frames: self.snapshot(events.as_deref()),
+                reset: true,
+            },
+            None => Start::Snapshot {
+                frames: self.snapshot(events.as_deref()),
+                reset: false,
+            },
+        };
+
         let id = self.next_subscriber;
         self.next_subscriber += 1;
         let (queue, live) = async_channel::unbounded();
-
-        let subscriber = Subscriber {
-            id,
-            snapshot: self.current.values().cloned().collect(),
-            live,
-        };
-
+        let subscriber = Subscriber { id, start, live };
         if reply.send(Ok(subscriber)).is_ok() {
-            self.subscribers.insert(id, queue);
+            self.subscribers.insert(id, Entry { queue, events });
             debug!(
                 subscriber = id,
                 subscribers = self.subscribers.len(),
                 "subscriber joined"
             );
         }
+    }
+
+    /// Returns the current frames of `events` (all names for `None`), in
+    /// publication order.
+    fn snapshot(&self, events: Option<&HashSet<String>>) -> Vec<Bytes> {
+        let Some(events) = events else {
+            return self.current.values().cloned().collect();
+        };
+        let mut ids: Vec<u64> = events
+            .iter()
+            .filter_map(|event| self.current_ids.get(event).copied())
+            .collect();
+        ids.sort_unstable();
+        ids.iter()
+            .filter_map(|id| self.current.get(id).cloned())
+            .collect()
     }
 
     /// Waits for a command, or until the next due time or retry time.

@@ -116,7 +116,7 @@ pub mod tokio_axum;
 #[path = "../runtimes/async_std_tide.rs"]
 pub mod async_std_tide;
 
-pub use crate::broker::{Broker, Subscription};
+pub use crate::broker::{Broker, SubscribeOptions, Subscription};
 pub use crate::config::{AllowedOrigins, Config};
 pub use crate::error::{Error, InsertError, StorageError, MAX_EVENT_LEN, MAX_TIMESTAMP};
 pub use crate::event::{NewEvent, Publication, Record};

@@ -60,6 +60,11 @@ struct Args {
     #[arg(long, env = "BROKER_KEEP_ALIVE", default_value = "15", value_parser = parse_seconds)]
     keep_alive: Duration,
 
+    /// Seconds that SSE clients should wait before reconnecting, sent as the
+    /// `retry:` field at the start of each stream (decimals allowed).
+    #[arg(long, env = "BROKER_RETRY", default_value = "3", value_parser = parse_seconds)]
+    retry: Duration,
+
     /// Messages a subscriber may have queued before it is disconnected as too slow.
     #[arg(long, env = "BROKER_QUEUE_CAPACITY", default_value_t = DEFAULT_QUEUE_CAPACITY, value_parser = parse_positive)]
     queue_capacity: usize,
@@ -159,6 +164,7 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         .with_body_limit(args.body_limit)
         .with_keep_alive(args.keep_alive)
         .with_queue_capacity(args.queue_capacity)
+        .with_retry(args.retry)
         .with_storage(args.storage.kind());
     let broker = Broker::open(config).await?;
 

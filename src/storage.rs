@@ -68,6 +68,18 @@ pub trait Storage: Send + Sync + 'static {
     /// Returns a [`StorageError`] when the read fails or a record is unreadable.
     fn current(&self) -> Result<Vec<Publication>, StorageError>;
 
+    /// Returns up to `limit` publications with ids above `after`, in
+    /// publication id order, each with its record.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StorageError`] when the read fails or a record is unreadable.
+    fn publications_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Publication>, StorageError>;
+
     /// Returns every record of `event`, pending and published, in insertion order.
     ///
     /// An unknown name returns an empty list.

@@ -5,7 +5,7 @@
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use broker::{Broker, Config, NewEvent};
+use broker::{Broker, Config, NewEvent, SubscribeOptions, Subscription};
 use futures_lite::future::block_on;
 use futures_lite::StreamExt;
 use serde_json::json;
@@ -29,6 +29,77 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
+/// Subscribes and reads the `retry:` field that every stream starts with.
+fn subscribe(broker: &Broker, options: SubscribeOptions) -> Subscription {
+    let mut subscription = block_on(broker.subscribe(options)).expect("subscribed");
+    let prelude = text(&block_on(subscription.next()).expect("a retry field"));
+    assert_eq!(prelude, "retry: 3000\n\n");
+    subscription
+}
+
+/// Reads chunks until `expected` bytes have arrived, then compares.
+fn read_exactly(subscription: &mut Subscription, expected: &str) {
+    let mut received = String::new();
+    while received.len() < expected.len() {
+        match block_on(subscription.next()) {
+            Some(chunk) => received.push_str(&text(&chunk)),
+            None => break,
+        }
+    }
+    assert_eq!(received, expected);
+}
+
+#[test]
+fn resume_replays_missed_publications() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir, Config::default());
+    for (name, value) in [("a", 1), ("b", 2), ("a", 3), ("c", 4)] {
+        block_on(broker.insert(event(name, json!(value)))).unwrap();
+    }
+
+    let mut resumed = subscribe(&broker, SubscribeOptions::default().after(1));
+    assert!(!resumed.is_reset());
+    read_exactly(
+        &mut resumed,
+        "id: 2\nevent: b\ndata: 2\n\nid: 3\nevent: a\ndata: 3\n\nid: 4\nevent: c\ndata: 4\n\n",
+    );
+
+    // Then live, with nothing repeated.
+    block_on(broker.insert(event("d", json!(5)))).unwrap();
+    read_exactly(&mut resumed, "id: 5\nevent: d\ndata: 5\n\n");
+}
+
+#[test]
+fn resume_respects_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir, Config::default());
+    for (name, value) in [("a", 1), ("b", 2), ("a", 3)] {
+        block_on(broker.insert(event(name, json!(value)))).unwrap();
+    }
+
+    let options = SubscribeOptions::default().after(0).events(["a"]);
+    let mut resumed = subscribe(&broker, options);
+    read_exactly(
+        &mut resumed,
+        "id: 1\nevent: a\ndata: 1\n\nid: 3\nevent: a\ndata: 3\n\n",
+    );
+
+    block_on(broker.insert(event("b", json!(4)))).unwrap();
+    block_on(broker.insert(event("a", json!(5)))).unwrap();
+    read_exactly(&mut resumed, "id: 5\nevent: a\ndata: 5\n\n");
+}
+
+#[test]
+fn unknown_id_gets_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir, Config::default());
+    block_on(broker.insert(event("a", json!(1)))).unwrap();
+
+    let mut reset = subscribe(&broker, SubscribeOptions::default().after(99));
+    assert!(reset.is_reset());
+    read_exactly(&mut reset, "id: 1\nevent: a\ndata: 1\n\n");
+}
+
 #[test]
 fn snapshot_has_current_versions() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +108,7 @@ fn snapshot_has_current_versions() {
     block_on(broker.insert(event("b", json!(2)))).unwrap();
     block_on(broker.insert(event("a", json!(3)))).unwrap();
 
-    let mut subscription = block_on(broker.subscribe()).unwrap();
+    let mut subscription = subscribe(&broker, SubscribeOptions::default());
     let snapshot = text(&block_on(subscription.next()).unwrap());
     assert_eq!(
         snapshot,
@@ -49,7 +120,7 @@ fn snapshot_has_current_versions() {
 fn future_event_waits_for_timestamp() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(&dir, Config::default());
-    let mut subscription = block_on(broker.subscribe()).unwrap();
+    let mut subscription = subscribe(&broker, SubscribeOptions::default());
 
     let due = now() + 1;
     let record = block_on(broker.insert(event("later", json!("x")).at(due).unwrap())).unwrap();
@@ -106,8 +177,8 @@ fn concurrent_inserts_get_distinct_ids() {
 fn slow_subscriber_is_disconnected() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(&dir, Config::default().with_queue_capacity(2));
-    let mut slow = block_on(broker.subscribe()).unwrap();
-    let mut fast = block_on(broker.subscribe()).unwrap();
+    let mut slow = subscribe(&broker, SubscribeOptions::default());
+    let mut fast = subscribe(&broker, SubscribeOptions::default());
 
     for i in 0..5 {
         block_on(broker.insert(event("tick", json!(i)))).unwrap();
@@ -131,12 +202,12 @@ fn slow_subscriber_is_disconnected() {
 fn close_ends_streams_and_rejects_subscribers() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(&dir, Config::default());
-    let mut subscription = block_on(broker.subscribe()).unwrap();
+    let mut subscription = subscribe(&broker, SubscribeOptions::default());
 
     block_on(broker.close());
 
     assert!(block_on(subscription.next()).is_none(), "the stream ends");
-    let error = block_on(broker.subscribe()).unwrap_err();
+    let error = block_on(broker.subscribe(Default::default())).unwrap_err();
     assert!(matches!(error, broker::Error::ShuttingDown), "{error}");
     block_on(broker.insert(event("after", json!(null)))).expect("inserts still work");
 }
@@ -156,7 +227,7 @@ fn reopen_publishes_overdue_events() {
     }
     let broker = reopen_when_free(&dir);
 
-    let mut subscription = block_on(broker.subscribe()).unwrap();
+    let mut subscription = subscribe(&broker, SubscribeOptions::default());
     let snapshot = text(&block_on(subscription.next()).unwrap());
     assert_eq!(snapshot, "id: 1\nevent: due\ndata: \"soon\"\n\n");
 }

@@ -101,6 +101,14 @@ macro_rules! conformance {
                     pending_fires_after_restart => restart::pending_fires_after_restart,
                     overdue_fires_on_start => restart::overdue_fires_on_start,
                     created_survives_sigkill => restart::created_survives_sigkill,
+
+                    resume_after_id => resume::resume_after_id,
+                    resume_query_param => resume::resume_query_param,
+                    resume_invalid_id => resume::resume_invalid_id,
+                    resume_unknown_id => resume::resume_unknown_id,
+                    resume_after_restart => resume::resume_after_restart,
+                    retry_field_first => resume::retry_field_first,
+                    filter_by_name => resume::filter_by_name,
                     // Needs the other storage in the binary to try it on the folder.
                     #[cfg(all(feature = "redb", feature = "sled"))]
                     other_storage_rejected => restart::other_storage_rejected,

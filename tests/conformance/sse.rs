@@ -63,6 +63,9 @@ pub(crate) enum Item {
     Event(SseEvent),
     /// A comment line, without the leading `:` and one following space.
     Comment(String),
+    /// A message with a `retry` field and no `data`, which sets the
+    /// reconnection delay and dispatches no event.
+    Retry(String),
     /// The server closed the connection or ended the chunked body.
     Closed,
 }
@@ -97,6 +100,7 @@ pub(crate) struct SseClient {
 struct Pending {
     id: Option<String>,
     event: Option<String>,
+    retry: Option<String>,
     data: Vec<String>,
     raw: String,
 }
@@ -104,11 +108,21 @@ struct Pending {
 impl SseClient {
     /// Connects, sends `GET /events` with `extra_headers` and reads the response headers.
     pub(crate) async fn connect(addr: SocketAddr, extra_headers: &[(&str, &str)]) -> SseClient {
+        SseClient::connect_to(addr, "/events", extra_headers).await
+    }
+
+    /// Connects, sends `GET target` (a path with an optional query) with
+    /// `extra_headers` and reads the response headers.
+    pub(crate) async fn connect_to(
+        addr: SocketAddr,
+        target: &str,
+        extra_headers: &[(&str, &str)],
+    ) -> SseClient {
         let mut stream = TcpStream::connect(addr)
             .await
             .unwrap_or_else(|error| panic!("failed to connect to {addr}: {error}"));
         let mut request =
-            format!("GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+            format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (name, value) in extra_headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -228,7 +242,7 @@ impl SseClient {
         loop {
             match self.next_item(deadline).await? {
                 Item::Event(event) => return Some(event),
-                Item::Comment(_) => continue,
+                Item::Comment(_) | Item::Retry(_) => continue,
                 Item::Closed => panic!("the SSE stream ended while a message was expected"),
             }
         }
@@ -259,6 +273,20 @@ impl SseClient {
         events
     }
 
+    /// Returns the next `retry` value within `timeout`, skipping comments,
+    /// or `None`. Panics if a message or the end of the stream comes first.
+    pub(crate) async fn next_retry(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.next_item(deadline).await? {
+                Item::Retry(retry) => return Some(retry),
+                Item::Comment(_) => continue,
+                Item::Event(event) => panic!("expected a retry field first, got {:?}", event.raw),
+                Item::Closed => panic!("the SSE stream ended before a retry field"),
+            }
+        }
+    }
+
     /// Asserts that no message arrives for `window`. Comments are allowed.
     pub(crate) async fn assert_no_event(&mut self, window: Duration, context: &str) {
         if let Some(event) = self.try_next_event(window).await {
@@ -272,7 +300,7 @@ impl SseClient {
         loop {
             match self.next_item(deadline).await? {
                 Item::Comment(text) => return Some(text),
-                Item::Event(_) => continue,
+                Item::Event(_) | Item::Retry(_) => continue,
                 Item::Closed => return None,
             }
         }
@@ -353,6 +381,11 @@ impl SseClient {
                     continue;
                 }
                 let data_lines = pending.data.len();
+                if data_lines == 0 {
+                    if let Some(retry) = pending.retry {
+                        return Some(Item::Retry(retry));
+                    }
+                }
                 let data = if data_lines == 0 {
                     None
                 } else {
@@ -380,6 +413,7 @@ impl SseClient {
                 "id" => self.current.id = Some(value.to_owned()),
                 "event" => self.current.event = Some(value.to_owned()),
                 "data" => self.current.data.push(value.to_owned()),
+                "retry" => self.current.retry = Some(value.to_owned()),
                 _ => {}
             }
             self.current.raw.push_str(&raw_line);

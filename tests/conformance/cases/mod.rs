@@ -15,6 +15,7 @@ pub(crate) mod cors;
 pub(crate) mod delivery;
 pub(crate) mod insert;
 pub(crate) mod restart;
+pub(crate) mod resume;
 pub(crate) mod schedule;
 pub(crate) mod validation;
 
