@@ -39,9 +39,6 @@ use crate::{Broker, Listen};
 /// closed peer.
 const PEEK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How long a graceful shutdown waits for requests in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 /// Builds the tide [`Server`](tide::Server) for the whole API, ready to nest
 /// or serve.
 pub fn app(broker: Broker) -> tide::Server<Broker> {
@@ -51,6 +48,7 @@ pub fn app(broker: Broker) -> tide::Server<Broker> {
     app.at("/insert").post(insert);
     app.at("/events").get(events);
     app.at("/collection/:event").get(collection);
+    app.at("/health").get(health);
     app
 }
 
@@ -66,7 +64,7 @@ pub async fn serve(broker: Broker, listen: impl Into<Listen>) -> io::Result<()> 
 }
 
 /// Serves the API on `listen` until `shutdown` completes, then ends every
-/// SSE stream, waits up to five seconds for requests in flight, and returns.
+/// SSE stream, waits up to three seconds for requests in flight, and returns.
 ///
 /// # Errors
 ///
@@ -106,7 +104,7 @@ where
     // End the streams, then give requests in flight time to finish.
     info!("shutting down: ending streams, finishing requests in flight");
     broker.close().await;
-    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+    let deadline = std::time::Instant::now() + api::SHUTDOWN_GRACE;
     while in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
         async_std::task::sleep(Duration::from_millis(10)).await;
     }
@@ -209,6 +207,13 @@ async fn collection(request: Request<Broker>) -> tide::Result {
         .to_owned();
     Ok(match api::collection(request.state(), &segment).await {
         Ok(records) => json(StatusCode::Ok, records),
+        Err(error) => error_response(error),
+    })
+}
+
+async fn health(request: Request<Broker>) -> tide::Result {
+    Ok(match api::health(request.state()).await {
+        Ok(body) => json(StatusCode::Ok, body),
         Err(error) => error_response(error),
     })
 }

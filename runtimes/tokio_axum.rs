@@ -5,7 +5,7 @@
 //! [`sse`](crate::sse) modules, so every runtime responds the same.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,6 +36,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/insert", post(insert))
         .route("/events", get(events))
         .route("/collection/{event}", get(collection))
+        .route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -54,7 +55,8 @@ pub async fn serve(broker: Broker, listen: impl Into<Listen>) -> io::Result<()> 
 }
 
 /// Serves the API on `listen` until `shutdown` completes, then ends every
-/// SSE stream, lets requests in flight finish, and returns.
+/// SSE stream, lets requests in flight finish for up to three seconds, and
+/// returns.
 ///
 /// # Errors
 ///
@@ -75,13 +77,32 @@ where
             tracing::debug!(%error, "failed to set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: ending streams, finishing requests in flight");
-            broker.close().await;
-        })
-        .await
+    let (stopping, stopped) = futures_channel::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: ending streams, finishing requests in flight");
+        broker.close().await;
+        let _ = stopping.send(());
+    });
+
+    // A client that stopped reading its stream would hold the graceful
+    // shutdown forever, so it gets a deadline.
+    let deadline = async move {
+        if stopped.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(api::SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server.into_future() => served,
+        () = deadline => {
+            tracing::warn!(
+                grace = ?api::SHUTDOWN_GRACE,
+                "connections still open after the shutdown grace period, closing them"
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn insert(
@@ -140,6 +161,13 @@ async fn collection(State(broker): State<Broker>, uri: Uri) -> Response {
         .unwrap_or_default();
     match api::collection(&broker, segment).await {
         Ok(records) => json(StatusCode::OK, records),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn health(State(broker): State<Broker>) -> Response {
+    match api::health(&broker).await {
+        Ok(body) => json(StatusCode::OK, body),
         Err(error) => error.into_response(),
     }
 }

@@ -24,6 +24,10 @@ pub const ALLOWED_METHODS: &str = "GET, POST, OPTIONS";
 /// Request headers allowed by a CORS preflight.
 pub const ALLOWED_HEADERS: &str = "content-type, authorization, last-event-id";
 
+/// How long a graceful shutdown waits for requests and streams in flight
+/// before the server returns anyway.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How long browsers may cache a preflight response, in seconds.
 pub const PREFLIGHT_MAX_AGE: &str = "86400";
 
@@ -326,6 +330,17 @@ pub async fn collection(broker: &Broker, segment: &str) -> Result<Bytes, ApiErro
     Ok(to_json(&records))
 }
 
+/// Handles `GET /health`: `200` with `{"status": "ok"}` when the broker runs
+/// and its storage reads and writes, else `503` with the cause.
+///
+/// # Errors
+///
+/// Returns [`ApiError::Unavailable`] when the check fails.
+pub async fn health(broker: &Broker) -> Result<Bytes, ApiError> {
+    broker.health().await?;
+    Ok(Bytes::from_static(br#"{"status":"ok","storage":"ok"}"#))
+}
+
 /// The route prefix of `GET /collection/{event}`.
 pub const COLLECTION_PREFIX: &str = "/collection/";
 
@@ -334,7 +349,7 @@ pub const COLLECTION_PREFIX: &str = "/collection/";
 pub fn is_route(path: &str) -> bool {
     match path.strip_prefix(COLLECTION_PREFIX) {
         Some(segment) => !segment.is_empty() && !segment.contains('/'),
-        None => path == "/insert" || path == "/events",
+        None => matches!(path, "/insert" | "/events" | "/health"),
     }
 }
 
@@ -432,7 +447,13 @@ mod tests {
 
     #[test]
     fn routes() {
-        for path in ["/insert", "/events", "/collection/a", "/collection/a%2Fb"] {
+        for path in [
+            "/insert",
+            "/events",
+            "/health",
+            "/collection/a",
+            "/collection/a%2Fb",
+        ] {
             assert!(is_route(path), "{path}");
         }
         for path in ["/", "/nope", "/collection/", "/collection/a/b", "/insert/x"] {

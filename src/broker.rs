@@ -4,6 +4,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread;
@@ -41,6 +42,8 @@ struct Inner {
     commands: Sender<Command>,
     reads: Sender<ReadJob>,
     storage: Arc<dyn Storage>,
+    /// Cleared by the core while appends fail.
+    storage_ok: Arc<AtomicBool>,
     config: Config,
 }
 
@@ -107,12 +110,19 @@ impl Broker {
         let (commands, command_queue) = async_channel::unbounded();
         let (started, ready) = oneshot::channel();
         let queue_capacity = config.queue_capacity;
+        let storage_ok = Arc::new(AtomicBool::new(true));
+        let core_storage_ok = storage_ok.clone();
 
         thread::Builder::new()
             .name("broker-core".into())
             .spawn(move || {
                 let core = open().and_then(|storage| {
-                    let core = Core::start(storage.clone(), command_queue, queue_capacity)?;
+                    let core = Core::start(
+                        storage.clone(),
+                        core_storage_ok,
+                        command_queue,
+                        queue_capacity,
+                    )?;
                     Ok((core, storage))
                 });
                 match core {
@@ -147,6 +157,7 @@ impl Broker {
                 commands,
                 reads,
                 storage,
+                storage_ok,
                 config,
             }),
         })
@@ -249,6 +260,29 @@ impl Broker {
             .await
             .map_err(|_| Error::Stopped)?
             .map_err(Error::from)
+    }
+
+    /// Checks that the core is running and storage answers reads and took
+    /// the last write.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Stopped`] when the broker has stopped, and
+    /// [`Error::Storage`] when a read fails or the last append failed.
+    pub async fn health(&self) -> Result<(), Error> {
+        if self.inner.commands.is_closed() {
+            return Err(Error::Stopped);
+        }
+        self.read(|storage| storage.publications_after(u64::MAX, 1))
+            .await
+            .map_err(|_| Error::Stopped)??;
+        if !self.inner.storage_ok.load(Ordering::Relaxed) {
+            return Err(Error::Storage(Arc::new(StorageError::backend(
+                "append",
+                "the last write failed; see the server log",
+            ))));
+        }
+        Ok(())
     }
 
     /// Runs `read` on a read thread; the receiver yields its result.

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -90,6 +91,8 @@ struct Entry {
 /// The core's state. Lives on its own thread; see [`Core::run`].
 pub(crate) struct Core {
     storage: Arc<dyn Storage>,
+    /// Cleared while appends fail, for health checks.
+    storage_ok: Arc<AtomicBool>,
     commands: Receiver<Command>,
     /// Live queues by subscriber id. Queues are unbounded channels whose
     /// length the core checks before each send, because a bounded
@@ -119,11 +122,13 @@ impl Core {
     /// broker was down.
     pub(crate) fn start(
         storage: Arc<dyn Storage>,
+        storage_ok: Arc<AtomicBool>,
         commands: Receiver<Command>,
         queue_capacity: usize,
     ) -> Result<Self, StorageError> {
         let mut core = Self {
             storage,
+            storage_ok,
             commands,
             subscribers: HashMap::new(),
             next_subscriber: 1,
@@ -206,6 +211,7 @@ impl Core {
         let (versions, replies): (Vec<Version>, Vec<InsertReply>) = inserts.into_iter().unzip();
         match self.storage.append(&versions, now()) {
             Ok(appended) => {
+                self.storage_ok.store(true, Ordering::Relaxed);
                 self.retry_at = None;
                 self.retry_delay = RETRY_DELAY;
                 self.next_due = appended.next_due;
@@ -225,6 +231,7 @@ impl Core {
                     retry_in = ?self.retry_delay,
                     "storage append failed"
                 );
+                self.storage_ok.store(false, Ordering::Relaxed);
                 self.retry_at = Some(Instant::now() + self.retry_delay);
                 self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY_DELAY);
                 let failure = Arc::new(failure);

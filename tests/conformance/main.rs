@@ -49,6 +49,7 @@ macro_rules! conformance {
                     startup_log => config::startup_log,
                     cli_flags => config::cli_flags,
                     default_data_dir => config::default_data_dir,
+                    health_ok => config::health_ok,
 
                     insert_returns_record => insert::returns_record,
                     insert_defaults => insert::defaults,
@@ -98,6 +99,7 @@ macro_rules! conformance {
                     restart_after_sigkill => restart::after_sigkill,
                     sigterm_closes_streams => restart::sigterm_closes_streams,
                     sigint_exits => restart::sigint_exits,
+                    sigterm_with_stalled_reader => restart::sigterm_with_stalled_reader,
                     pending_fires_after_restart => restart::pending_fires_after_restart,
                     overdue_fires_on_start => restart::overdue_fires_on_start,
                     created_survives_sigkill => restart::created_survives_sigkill,

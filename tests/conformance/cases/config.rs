@@ -91,3 +91,20 @@ pub(crate) async fn default_data_dir(pair: Pair) {
         "the record in the default data folder should survive a restart, got {history:?}"
     );
 }
+
+/// Checks that `GET /health` reports a running server with working storage.
+pub(crate) async fn health_ok(pair: Pair) {
+    let server = Server::start(pair).await;
+    server.insert(&json!({ "event": "a" })).await;
+
+    let reply = server.get("/health").await;
+    assert_eq!(reply.status, 200, "GET /health: {}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["status"], "ok", "GET /health: {body}");
+    assert_eq!(body["storage"], "ok", "GET /health: {body}");
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("application/json"),
+        "GET /health should be JSON"
+    );
+}

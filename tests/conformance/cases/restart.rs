@@ -140,6 +140,36 @@ pub(crate) async fn sigterm_closes_streams(pair: Pair) {
     );
 }
 
+/// Checks that SIGTERM makes the server exit within a few seconds although
+/// a subscriber has stopped reading while megabytes were published to it.
+pub(crate) async fn sigterm_with_stalled_reader(pair: Pair) {
+    let mut server = Server::start(pair).await;
+    // Connected, then never read again.
+    let stalled = server.subscribe().await;
+
+    // About 20 MB: more than the socket buffers of both ends can absorb.
+    let padding = "x".repeat(100 * 1024);
+    for index in 0..200 {
+        server
+            .insert(&json!({ "event": "bulk", "data": { "index": index, "padding": padding } }))
+            .await;
+    }
+
+    let started = Instant::now();
+    // `terminate` panics if the process has not exited within its timeout.
+    let status = server.terminate().await;
+    assert!(
+        status.success(),
+        "the server should exit with 0 after SIGTERM, got {status}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the server should exit within a few seconds, took {:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}
+
 /// Checks that SIGINT makes the server exit although a subscriber is connected.
 pub(crate) async fn sigint_exits(pair: Pair) {
     let mut server = Server::start(pair).await;
