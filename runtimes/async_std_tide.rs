@@ -142,7 +142,7 @@ async fn connection(app: tide::Server<Broker>, stream: TcpStream, in_flight: Arc
 ///
 /// async-h1 reads a connection only between requests, so without this a
 /// subscriber that went away would be noticed only at the next write to it.
-/// `peek` leaves any bytes it sees for async-h1 to read.
+/// `peek` leaves any bytes it reads for async-h1 to read again.
 async fn peer_closed(stream: TcpStream) {
     let mut byte = [0u8; 1];
     loop {

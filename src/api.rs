@@ -88,7 +88,7 @@ pub enum ApiError {
     /// A resume position that is not a publication id: `400`.
     #[error("{source_name} is {value:?}, which is not a publication id; send the `id` of the last message received (a whole number), or omit it")]
     InvalidLastEventId {
-        /// Where it came from: the `Last-Event-ID` header or the `lastEventId` query parameter.
+        /// The source: the `Last-Event-ID` header or the `lastEventId` query parameter.
         source_name: &'static str,
         /// The value sent.
         value: String,
@@ -99,7 +99,7 @@ pub enum ApiError {
     InvalidFilter {
         /// The name sent.
         value: String,
-        /// Why no event can have it.
+        /// The validation error that no event name can pass.
         reason: InsertError,
     },
 
@@ -232,7 +232,7 @@ pub async fn insert(
     Ok(to_json(&record))
 }
 
-/// The response header that tells a resuming client how its stream starts:
+/// The response header that shows a resuming client how its stream starts:
 /// `resumed` when it gets every publication after its id, `reset` when its
 /// id is unknown to this log and it gets the snapshot instead.
 pub const RESUME_HEADER: &str = "broker-resume";
@@ -345,7 +345,7 @@ pub async fn health(broker: &Broker) -> Result<Bytes, ApiError> {
 pub const COLLECTION_PREFIX: &str = "/collection/";
 
 /// Returns whether `path` is one of the API's routes, for any method.
-/// Preflights are answered only for these, so other paths get `404`.
+/// Only these get preflight responses, so other paths get `404`.
 pub fn is_route(path: &str) -> bool {
     match path.strip_prefix(COLLECTION_PREFIX) {
         Some(segment) => !segment.is_empty() && !segment.contains('/'),

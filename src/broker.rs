@@ -262,8 +262,8 @@ impl Broker {
             .map_err(Error::from)
     }
 
-    /// Checks that the core is running and storage answers reads and took
-    /// the last write.
+    /// Checks that the core is running, that storage serves a read, and that
+    /// the last append succeeded.
     ///
     /// # Errors
     ///

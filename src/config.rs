@@ -14,7 +14,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// Default interval between SSE keep-alive comments.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// Default reconnection delay that each SSE stream asks clients to use.
+/// Default reconnection delay that each SSE stream sends to clients.
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
 
 /// Default number of messages a subscriber may have queued before it is
