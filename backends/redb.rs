@@ -53,7 +53,7 @@ impl RedbStorage {
     /// # Errors
     ///
     /// Returns [`StorageError::Open`] when the file cannot be opened (for
-    /// example because another process has it open) or holds another layout.
+    /// example because another process has it open) or has another layout.
     pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
         let path = data_dir.join(FILE_NAME);
         let open_failed = |source: ::redb::Error| StorageError::Open {

@@ -11,8 +11,8 @@
 //! takes several steps (a scan, then lookups) could see a batch half way.
 //! A reader-writer lock keeps multi-step reads and batches apart.
 //!
-//! NOTE: sled 0.34's README calls it beta and says its on-disk format will
-//! change before 1.0 in ways that need a manual migration. redb is the
+//! NOTE: sled 0.34's README calls it beta and warns that its on-disk format
+//! will change before 1.0 in ways that need a manual migration. redb is the
 //! default for that reason.
 
 use std::path::{Path, PathBuf};

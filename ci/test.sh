@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every check that CI runs: formatting; clippy with warnings as errors
-# for every feature set; docs; the unit, core and doc tests; and the
-# conformance suite once per runtime and storage pair. Prints a summary line
-# per feature set and per pair, and exits non-zero if anything failed.
+# Runs every check that CI runs. It checks formatting, runs clippy with
+# warnings as errors for every feature set, builds the docs, and runs the
+# unit, core and doc tests. Then it runs the conformance suite once per
+# runtime and storage pair. It prints a summary line per feature set and per
+# pair, and exits non-zero if anything failed.
 # Usage: ci/test.sh   (from anywhere inside the repository)
 set -uo pipefail
 cd "$(dirname "$0")/.."

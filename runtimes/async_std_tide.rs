@@ -156,12 +156,8 @@ async fn peer_closed(stream: TcpStream) {
 
 async fn insert(mut request: Request<Broker>) -> tide::Result {
     let broker = request.state().clone();
-    let content_type = request
-        .header("content-type")
-        .map(|value| value.last().as_str().to_owned());
-    let origin = request
-        .header("origin")
-        .map(|value| value.last().as_str().to_owned());
+    let content_type = header_text(&request, "content-type");
+    let origin = header_text(&request, "origin");
     let body = match read_body(&mut request, broker.config().body_limit).await {
         Ok(body) => body,
         Err(error) => return Ok(error_response(error)),
@@ -175,10 +171,8 @@ async fn insert(mut request: Request<Broker>) -> tide::Result {
 
 async fn events(request: Request<Broker>) -> tide::Result {
     let broker = request.state();
-    let last_event_id = request
-        .header("last-event-id")
-        .map(|value| value.last().as_str());
-    let subscribed = api::events(broker, request.url().query(), last_event_id).await;
+    let last_event_id = header_text(&request, "last-event-id");
+    let subscribed = api::events(broker, request.url().query(), last_event_id.as_deref()).await;
     let (subscription, resume) = match subscribed {
         Ok(subscribed) => subscribed,
         Err(error) => return Ok(error_response(error)),
@@ -218,6 +212,13 @@ async fn health(request: Request<Broker>) -> tide::Result {
     })
 }
 
+/// Returns the last value of a request header as text.
+fn header_text(request: &Request<Broker>, name: &str) -> Option<String> {
+    request
+        .header(name)
+        .map(|value| value.last().as_str().to_owned())
+}
+
 /// Reads the request body, up to `limit` bytes.
 async fn read_body(request: &mut Request<Broker>, limit: usize) -> Result<Vec<u8>, ApiError> {
     if request.len().is_some_and(|length| length > limit) {
@@ -246,9 +247,7 @@ fn cors<'a>(
     Box::pin(async move {
         let broker = request.state().clone();
         let origins = &broker.config().allowed_origins;
-        let origin = request
-            .header("origin")
-            .map(|value| value.last().as_str().to_owned());
+        let origin = header_text(&request, "origin");
 
         let preflight =
             request.method() == tide::http::Method::Options && api::is_route(request.url().path());

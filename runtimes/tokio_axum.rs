@@ -114,12 +114,8 @@ async fn insert(
         Ok(body) => body,
         Err(rejection) => return body_rejection(&broker, rejection).into_response(),
     };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .map(|value| value.to_str().unwrap_or("(not ASCII)"));
-    let origin = headers
-        .get(header::ORIGIN)
-        .map(|value| value.to_str().unwrap_or("(not ASCII)"));
+    let content_type = header_text(&headers, header::CONTENT_TYPE);
+    let origin = header_text(&headers, header::ORIGIN);
     match api::insert(&broker, origin, content_type, &body).await {
         Ok(record) => json(StatusCode::CREATED, record),
         Err(error) => error.into_response(),
@@ -127,9 +123,7 @@ async fn insert(
 }
 
 async fn events(State(broker): State<Broker>, uri: Uri, headers: HeaderMap) -> Response {
-    let last_event_id = headers
-        .get("last-event-id")
-        .map(|value| value.to_str().unwrap_or("(not ASCII)"));
+    let last_event_id = header_text(&headers, HeaderName::from_static("last-event-id"));
     let (subscription, resume) = match api::events(&broker, uri.query(), last_event_id).await {
         Ok(subscribed) => subscribed,
         Err(error) => return error.into_response(),
@@ -188,11 +182,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 /// Adds CORS headers to every response and responds to preflights itself.
 async fn cors(State(broker): State<Broker>, request: Request, next: Next) -> Response {
     let origins = &broker.config().allowed_origins;
-    let origin = request
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
+    let origin = header_text(request.headers(), header::ORIGIN).map(str::to_owned);
 
     let preflight = request.method() == Method::OPTIONS && api::is_route(request.uri().path());
     let (mut response, headers) = if preflight {
@@ -210,6 +200,14 @@ async fn cors(State(broker): State<Broker>, request: Request, next: Next) -> Res
         }
     }
     response
+}
+
+/// Returns a header's value as text; a value that is not visible ASCII
+/// reads as a placeholder that matches no origin, name or id.
+fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
+    headers
+        .get(name)
+        .map(|value| value.to_str().unwrap_or("(not ASCII)"))
 }
 
 fn body_rejection(broker: &Broker, rejection: BytesRejection) -> ApiError {

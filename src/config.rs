@@ -34,7 +34,7 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// Folder that holds the database; created if missing.
+    /// Folder that contains the database, created if missing.
     pub data_dir: PathBuf,
     /// Origins allowed by CORS.
     pub allowed_origins: AllowedOrigins,
@@ -68,7 +68,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Sets the folder that holds the database.
+    /// Sets the folder that contains the database.
     pub fn with_data_dir(mut self, data_dir: impl Into<PathBuf>) -> Self {
         self.data_dir = data_dir.into();
         self

@@ -71,7 +71,7 @@ pub(crate) struct Subscriber {
     pub(crate) live: Receiver<Bytes>,
 }
 
-/// Where a new subscriber's stream starts.
+/// The start of a new subscriber's stream.
 pub(crate) enum Start {
     /// The current version of every requested name, one SSE frame each,
     /// shared with the core rather than copied. `reset` is set when the

@@ -16,7 +16,7 @@ pub const MAX_EVENT_LEN: usize = 256;
 /// A rejected insert: the request body is not a valid event.
 ///
 /// Every variant names the field at fault (see [`InsertError::field`]) and its
-/// message tells how to fix the request.
+/// message gives the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InsertError {

@@ -2,9 +2,9 @@
 //! stores ([`Record`]).
 //!
 //! Publishers are untrusted. Event names end up on an SSE `event:` line, so
-//! they must not contain CR, LF or any other control character; `data` ends up
-//! on a `data:` line, so it is stored as compact JSON, which never contains a
-//! raw line break.
+//! they must not contain CR, LF or any other control character. `data` ends
+//! up on a `data:` line, so it is stored as compact JSON, which never
+//! contains a raw line break.
 
 use std::fmt;
 

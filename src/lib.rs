@@ -14,7 +14,7 @@
 //! - [`Config`]: settings and their defaults.
 //! - [`NewEvent`], [`Record`], [`Publication`]: the event model and validation.
 //! - [`Storage`]: the contract a storage backend implements; [`backends`]
-//!   holds one module per storage feature.
+//!   contains one module per storage feature.
 //! - [`api`] and [`sse`]: the HTTP API and SSE framing without a web
 //!   framework, shared by every runtime.
 //! - `tokio_axum` and `async_std_tide`: the API served by axum on tokio and

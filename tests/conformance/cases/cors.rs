@@ -236,7 +236,7 @@ pub(crate) async fn preflight(pair: Pair) {
         }
     }
 
-    // Paths outside the API get the JSON 404, not a preflight answer.
+    // Paths outside the API get the JSON 404, not a preflight response.
     for path in ["/nope", "/collection/"] {
         let reply = send_preflight(&server, origin, path, "GET").await;
         assert_eq!(
