@@ -18,20 +18,23 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_h1::server::ConnectionStatus;
 use async_std::net::{TcpListener, TcpStream};
 use futures_util::future::{self, Either};
 use futures_util::io::AsyncReadExt;
 use futures_util::{StreamExt, TryStreamExt};
 use tide::http::headers::HeaderValue;
 use tide::{Body, Next, Request, Response, StatusCode};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use crate::accept;
 use crate::api::{self, ApiError};
+use crate::connection::Connection;
 use crate::sse::KeepAlive;
 use crate::{Broker, Listen};
 
@@ -90,13 +93,19 @@ where
         };
         match accepted {
             Ok((stream, peer)) => {
-                async_std::task::spawn(connection(app.clone(), stream, in_flight.clone()));
-                debug!(%peer, "accepted a connection");
+                let connection = broker.connections().open();
+                debug!(%peer, admitted = connection.is_admitted(), "accepted a connection");
+                let serving = Serving {
+                    app: app.clone(),
+                    connection,
+                    in_flight: in_flight.clone(),
+                    header_timeout: broker.config().header_timeout,
+                };
+                async_std::task::spawn(serving.run(stream));
             }
             Err(error) => {
-                // Running out of file descriptors is passing; keep accepting.
-                warn!(%error, "failed to accept a connection");
-                async_std::task::sleep(Duration::from_millis(50)).await;
+                accept::failed(&error);
+                async_std::task::sleep(accept::RETRY).await;
             }
         }
     }
@@ -111,30 +120,81 @@ where
     Ok(())
 }
 
-/// Serves the requests of one connection, counting each while it runs.
-async fn connection(app: tide::Server<Broker>, stream: TcpStream, in_flight: Arc<AtomicUsize>) {
-    // Small SSE frames should leave at once rather than wait for Nagle's algorithm.
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%error, "failed to set TCP_NODELAY");
-    }
-    let closed = peer_closed(stream.clone());
-    let served = async_h1::accept(stream, |request| {
-        let app = app.clone();
-        let in_flight = in_flight.clone();
-        async move {
-            in_flight.fetch_add(1, Ordering::AcqRel);
-            let response = app.respond(request).await;
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            response
-        }
-    });
+/// What one connection's task needs to serve it.
+struct Serving {
+    app: tide::Server<Broker>,
+    connection: Connection,
+    /// Requests being handled on every connection, for the shutdown.
+    in_flight: Arc<AtomicUsize>,
+    header_timeout: Duration,
+}
 
-    // Dropping the connection's future when the peer leaves also drops an
-    // SSE response body, and with it the subscription.
-    match future::select(Box::pin(served), Box::pin(closed)).await {
-        Either::Left((Err(error), _)) => debug!(%error, "connection ended with an error"),
-        Either::Left((Ok(()), _)) => {}
-        Either::Right(((), _)) => debug!("peer closed the connection"),
+impl Serving {
+    /// Serves the requests of one connection until the client leaves, the
+    /// connection is closed by the broker, or a request's headers time out.
+    async fn run(self, stream: TcpStream) {
+        // Small SSE frames should leave at once rather than wait for Nagle's algorithm.
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "failed to set TCP_NODELAY");
+        }
+        let closed = pin!(peer_closed(stream.clone()));
+        let evicted = self.connection.closed();
+        let served = pin!(self.requests(stream));
+
+        // Dropping the connection's future drops an SSE response body too,
+        // and with it the subscription.
+        let ended = future::select(served, future::select(closed, evicted)).await;
+        match ended {
+            Either::Left(((), _)) => {}
+            Either::Right((Either::Left(((), _)), _)) => debug!("peer closed the connection"),
+            Either::Right((Either::Right(((), _)), _)) => {
+                debug!("closed the connection of a subscriber that fell behind");
+            }
+        }
+    }
+
+    /// Reads and answers requests one after another, as async-h1 does,
+    /// with a deadline on each request's headers.
+    ///
+    /// async-h1 has a headers timeout of its own, fixed at 60 seconds, so a
+    /// configured timeout longer than that acts as 60 seconds.
+    async fn requests(&self, stream: TcpStream) {
+        let head_read = Arc::new(AtomicBool::new(false));
+        let endpoint = |mut request: tide::http::Request| {
+            head_read.store(true, Ordering::Release);
+            request.ext_mut().insert(self.connection.clone());
+            let app = self.app.clone();
+            let in_flight = self.in_flight.clone();
+            async move {
+                in_flight.fetch_add(1, Ordering::AcqRel);
+                let response = app.respond(request).await;
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                response
+            }
+        };
+        let mut server = async_h1::server::Server::new(stream, endpoint);
+        loop {
+            head_read.store(false, Ordering::Release);
+            let head_timeout = async {
+                async_std::task::sleep(self.header_timeout).await;
+                if head_read.load(Ordering::Acquire) {
+                    future::pending::<()>().await;
+                }
+            };
+            let request = pin!(server.accept_one());
+            match future::select(request, pin!(head_timeout)).await {
+                Either::Left((Ok(ConnectionStatus::KeepAlive), _)) => {}
+                Either::Left((Ok(ConnectionStatus::Close), _)) => return,
+                Either::Left((Err(error), _)) => {
+                    debug!(%error, "connection ended with an error");
+                    return;
+                }
+                Either::Right(((), _)) => {
+                    debug!(timeout = ?self.header_timeout, "no request headers in time, closing the connection");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -172,7 +232,9 @@ async fn insert(mut request: Request<Broker>) -> tide::Result {
 async fn events(request: Request<Broker>) -> tide::Result {
     let broker = request.state();
     let last_event_id = header_text(&request, "last-event-id");
-    let subscribed = api::events(broker, request.url().query(), last_event_id.as_deref()).await;
+    let connection = request.ext::<Connection>();
+    let query = request.url().query();
+    let subscribed = api::events(broker, query, last_event_id.as_deref(), connection).await;
     let (subscription, resume) = match subscribed {
         Ok(subscribed) => subscribed,
         Err(error) => return Ok(error_response(error)),
@@ -240,6 +302,8 @@ async fn read_body(request: &mut Request<Broker>, limit: usize) -> Result<Vec<u8
 }
 
 /// Adds CORS headers to every response and responds to preflights itself.
+/// Requests on connections past the connection limit get `503`, with CORS
+/// headers so that a page can read why.
 fn cors<'a>(
     request: Request<Broker>,
     next: Next<'a, Broker>,
@@ -255,7 +319,10 @@ fn cors<'a>(
             let headers = api::preflight_headers(origins, origin.as_deref());
             (Response::new(StatusCode::NoContent), headers)
         } else {
-            let response = next.run(request).await;
+            let response = match api::admit(&broker, request.ext::<Connection>()) {
+                Ok(()) => next.run(request).await,
+                Err(error) => error_response(error),
+            };
             (response, api::cors_headers(origins, origin.as_deref()))
         };
         for (name, value) in headers {
@@ -292,7 +359,11 @@ fn json_errors<'a>(
 
 fn error_response(error: ApiError) -> Response {
     let status = StatusCode::try_from(error.status()).unwrap_or(StatusCode::BadRequest);
-    json(status, error.to_json())
+    let mut response = json(status, error.to_json());
+    for (name, value) in error.headers() {
+        response.insert_header(*name, *value);
+    }
+    response
 }
 
 fn json(status: StatusCode, body: bytes::Bytes) -> Response {

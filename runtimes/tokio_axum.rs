@@ -5,7 +5,7 @@
 //! [`sse`](crate::sse) modules, so every runtime responds the same.
 
 use std::convert::Infallible;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,14 +18,21 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
-use axum::Router;
+use axum::{Extension, Router};
 use futures_core::Stream;
 use futures_util::StreamExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
 
+use crate::accept;
 use crate::api::{self, ApiError};
+use crate::connection::Connection;
 use crate::sse::KeepAlive;
 use crate::{Broker, Listen};
 
@@ -58,6 +65,12 @@ pub async fn serve(broker: Broker, listen: impl Into<Listen>) -> io::Result<()> 
 /// SSE stream, lets requests in flight finish for up to three seconds, and
 /// returns.
 ///
+/// Each connection counts against
+/// [`Config::max_connections`](crate::Config::max_connections), must send
+/// each request's headers within
+/// [`Config::header_timeout`](crate::Config::header_timeout), and is closed
+/// at once when its subscriber falls behind.
+///
 /// # Errors
 ///
 /// Returns the I/O error that stopped the server.
@@ -71,38 +84,83 @@ where
 {
     let listener = TcpListener::from_std(listen.into().into_std()?)?;
     let app = router(broker.clone());
-    // Small SSE frames should leave at once rather than wait for Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "failed to set TCP_NODELAY");
-        }
-    });
-    let (stopping, stopped) = futures_channel::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: ending streams, finishing requests in flight");
-        broker.close().await;
-        let _ = stopping.send(());
-    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(broker.config().header_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
 
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                accept::failed(&error);
+                tokio::time::sleep(accept::RETRY).await;
+                continue;
+            }
+        };
+        // Small SSE frames should leave at once rather than wait for Nagle's algorithm.
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "failed to set TCP_NODELAY");
+        }
+        let connection = broker.connections().open();
+        let service = connection_service(app.clone(), connection.clone());
+        let served = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let served = graceful.watch(served);
+        debug!(%peer, admitted = connection.is_admitted(), "accepted a connection");
+        tokio::spawn(async move {
+            tokio::select! {
+                result = served => {
+                    if let Err(error) = result {
+                        debug!(%peer, %error, "connection ended with an error");
+                    }
+                }
+                () = connection.closed() => {
+                    debug!(%peer, "closed the connection of a subscriber that fell behind");
+                }
+            }
+        });
+    }
+
+    info!("shutting down: ending streams, finishing requests in flight");
+    broker.close().await;
     // A client that stopped reading its stream would hold the graceful
     // shutdown forever, so it gets a deadline.
-    let deadline = async move {
-        if stopped.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(api::SHUTDOWN_GRACE).await;
-    };
     tokio::select! {
-        served = server.into_future() => served,
-        () = deadline => {
-            tracing::warn!(
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(api::SHUTDOWN_GRACE) => {
+            warn!(
                 grace = ?api::SHUTDOWN_GRACE,
                 "connections still open after the shutdown grace period, closing them"
             );
-            Ok(())
         }
     }
+    Ok(())
+}
+
+/// Returns the router as a hyper service that adds `connection` to each
+/// request's extensions, where the handlers find it.
+fn connection_service(
+    app: Router,
+    connection: Connection,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(connection.clone());
+        app.clone().oneshot(request)
+    })
 }
 
 async fn insert(
@@ -122,9 +180,16 @@ async fn insert(
     }
 }
 
-async fn events(State(broker): State<Broker>, uri: Uri, headers: HeaderMap) -> Response {
+async fn events(
+    State(broker): State<Broker>,
+    connection: Option<Extension<Connection>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let last_event_id = header_text(&headers, HeaderName::from_static("last-event-id"));
-    let (subscription, resume) = match api::events(&broker, uri.query(), last_event_id).await {
+    let connection = connection.as_ref().map(|Extension(connection)| connection);
+    let subscribed = api::events(&broker, uri.query(), last_event_id, connection).await;
+    let (subscription, resume) = match subscribed {
         Ok(subscribed) => subscribed,
         Err(error) => return error.into_response(),
     };
@@ -180,6 +245,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 }
 
 /// Adds CORS headers to every response and responds to preflights itself.
+/// Requests on connections past the connection limit get `503`, with CORS
+/// headers so that a page can read why.
 async fn cors(State(broker): State<Broker>, request: Request, next: Next) -> Response {
     let origins = &broker.config().allowed_origins;
     let origin = header_text(request.headers(), header::ORIGIN).map(str::to_owned);
@@ -189,7 +256,11 @@ async fn cors(State(broker): State<Broker>, request: Request, next: Next) -> Res
         let headers = api::preflight_headers(origins, origin.as_deref());
         (StatusCode::NO_CONTENT.into_response(), headers)
     } else {
-        let response = next.run(request).await;
+        let connection = request.extensions().get::<Connection>();
+        let response = match api::admit(&broker, connection) {
+            Ok(()) => next.run(request).await,
+            Err(error) => error.into_response(),
+        };
         (response, api::cors_headers(origins, origin.as_deref()))
     };
     for (name, value) in headers {
@@ -230,7 +301,14 @@ fn json(status: StatusCode, body: Bytes) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        json(status, self.to_json())
+        let mut response = json(status, self.to_json());
+        for (name, value) in self.headers() {
+            response.headers_mut().insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        response
     }
 }
 

@@ -8,6 +8,7 @@ use tracing::{debug, error};
 
 use crate::broker::{Broker, SubscribeOptions, Subscription};
 use crate::config::AllowedOrigins;
+use crate::connection::Connection;
 use crate::error::{Error, InsertError};
 use crate::event::{validate_event, NewEvent};
 
@@ -110,6 +111,13 @@ pub enum ApiError {
         origin: String,
     },
 
+    /// The connection is past the connection limit: `503`.
+    #[error("the server has reached its limit of {limit} open connections; retry later, or raise BROKER_MAX_CONNECTIONS")]
+    TooManyConnections {
+        /// The configured limit.
+        limit: usize,
+    },
+
     /// The broker cannot serve the request now: `503`.
     #[error("the broker is unavailable: {0}")]
     Unavailable(#[source] Error),
@@ -129,7 +137,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge { .. } => 413,
             Self::UnsupportedMediaType { .. } => 415,
-            Self::Unavailable(_) => 503,
+            Self::TooManyConnections { .. } | Self::Unavailable(_) => 503,
         }
     }
 
@@ -146,8 +154,19 @@ impl ApiError {
             Self::InvalidLastEventId { .. } => "invalid_last_event_id",
             Self::InvalidFilter { .. } => "invalid_filter",
             Self::OriginNotAllowed { .. } => "origin_not_allowed",
+            Self::TooManyConnections { .. } => "too_many_connections",
             Self::Unavailable(Error::ShuttingDown) => "shutting_down",
             Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Returns the headers that the response carries besides
+    /// `content-type`. A connection past the limit is closed after the
+    /// response, so that its file descriptor is freed.
+    pub fn headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::TooManyConnections { .. } => &[("retry-after", "1"), ("connection", "close")],
+            _ => &[],
         }
     }
 
@@ -232,6 +251,22 @@ pub async fn insert(
     Ok(to_json(&record))
 }
 
+/// Checks that a request's connection is within the connection limit.
+/// Requests without a [`Connection`], as when a program serves the API with
+/// its own server loop, are not limited.
+///
+/// # Errors
+///
+/// Returns [`ApiError::TooManyConnections`] for a connection past the limit.
+pub fn admit(broker: &Broker, connection: Option<&Connection>) -> Result<(), ApiError> {
+    match connection {
+        Some(connection) if !connection.is_admitted() => Err(ApiError::TooManyConnections {
+            limit: broker.connections().limit(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The response header that shows a resuming client how its stream starts:
 /// `resumed` when it gets every publication after its id, `reset` when its
 /// id is unknown to this log and it gets the snapshot instead.
@@ -243,7 +278,8 @@ pub const RESUME_HEADER: &str = "broker-resume";
 /// `query` is the raw query string. It may carry `event` (repeated, one name
 /// each) and `lastEventId`, for a first request that resumes. The
 /// `Last-Event-ID` header, which browsers send on their own when they
-/// reconnect, takes precedence over `lastEventId`.
+/// reconnect, takes precedence over `lastEventId`. `connection`, when
+/// given, is closed if the subscriber stops reading and its queue fills up.
 ///
 /// # Errors
 ///
@@ -253,8 +289,12 @@ pub async fn events(
     broker: &Broker,
     query: Option<&str>,
     last_event_id: Option<&str>,
+    connection: Option<&Connection>,
 ) -> Result<(Subscription, Option<&'static str>), ApiError> {
-    let options = subscribe_options(query, last_event_id)?;
+    let mut options = subscribe_options(query, last_event_id)?;
+    if let Some(connection) = connection {
+        options = options.close_on_overflow(connection.clone());
+    }
     let resuming = options.after.is_some();
     let subscription = broker.subscribe(options).await?;
     let resume = match (resuming, subscription.is_reset()) {
@@ -330,15 +370,30 @@ pub async fn collection(broker: &Broker, segment: &str) -> Result<Bytes, ApiErro
     Ok(to_json(&records))
 }
 
-/// Handles `GET /health`: `200` with `{"status": "ok"}` when the broker runs
-/// and its storage reads and writes, else `503` with the cause.
+/// Handles `GET /health`: `200` when the broker runs and its storage reads
+/// and writes, else `503` with the cause.
+///
+/// The body also counts open connections (this request's included) and
+/// subscriptions: `{"status":"ok","storage":"ok","connections":1,"subscriptions":0}`.
 ///
 /// # Errors
 ///
 /// Returns [`ApiError::Unavailable`] when the check fails.
 pub async fn health(broker: &Broker) -> Result<Bytes, ApiError> {
+    #[derive(Serialize)]
+    struct Health {
+        status: &'static str,
+        storage: &'static str,
+        connections: usize,
+        subscriptions: usize,
+    }
     broker.health().await?;
-    Ok(Bytes::from_static(br#"{"status":"ok","storage":"ok"}"#))
+    Ok(to_json(&Health {
+        status: "ok",
+        storage: "ok",
+        connections: broker.connections().count(),
+        subscriptions: broker.subscription_count(),
+    }))
 }
 
 /// The route prefix of `GET /collection/{event}`.

@@ -4,7 +4,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread;
@@ -16,6 +16,7 @@ use futures_core::Stream;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::connection::{Connection, Connections};
 use crate::core::{self, Command, Core, Start};
 use crate::error::{Error, StorageError};
 use crate::event::{NewEvent, Publication, Record};
@@ -44,6 +45,10 @@ struct Inner {
     storage: Arc<dyn Storage>,
     /// Cleared by the core while appends fail.
     storage_ok: Arc<AtomicBool>,
+    /// Client connections that the runtime serving this broker accepted.
+    connections: Connections,
+    /// Subscriptions not yet dropped.
+    subscriptions: Arc<AtomicUsize>,
     config: Config,
 }
 
@@ -158,6 +163,8 @@ impl Broker {
                 reads,
                 storage,
                 storage_ok,
+                connections: Connections::new(config.max_connections),
+                subscriptions: Arc::new(AtomicUsize::new(0)),
                 config,
             }),
         })
@@ -166,6 +173,17 @@ impl Broker {
     /// Returns the configuration the broker was started with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Returns the count of client connections, which the runtimes update
+    /// as they accept and close connections.
+    pub fn connections(&self) -> &Connections {
+        &self.inner.connections
+    }
+
+    /// Returns the number of subscriptions not yet dropped.
+    pub fn subscription_count(&self) -> usize {
+        self.inner.subscriptions.load(Ordering::Acquire)
     }
 
     /// Stores a version and publishes it when its timestamp comes.
@@ -218,6 +236,7 @@ impl Broker {
         let command = Command::Subscribe {
             after: options.after,
             events: events.clone(),
+            connection: options.connection,
             reply,
         };
         self.send(command).await?;
@@ -237,6 +256,7 @@ impl Broker {
             }
         };
         let retry = self.inner.config.retry.as_millis();
+        self.inner.subscriptions.fetch_add(1, Ordering::AcqRel);
         Ok(Subscription {
             id: subscriber.id,
             prelude: Some(Bytes::from(format!("retry: {retry}\n\n"))),
@@ -245,6 +265,7 @@ impl Broker {
             replay,
             live: Box::pin(subscriber.live),
             commands: self.inner.commands.clone(),
+            count: self.inner.subscriptions.clone(),
         })
     }
 
@@ -328,6 +349,8 @@ pub struct SubscribeOptions {
     pub after: Option<u64>,
     /// Event names to receive; `None` receives every name.
     pub events: Option<Vec<String>>,
+    /// The connection to close if the subscriber falls behind.
+    connection: Option<Connection>,
 }
 
 impl SubscribeOptions {
@@ -344,6 +367,17 @@ impl SubscribeOptions {
         S: Into<String>,
     {
         self.events = Some(events.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Closes `connection` when the broker drops this subscriber for
+    /// letting its queue fill up.
+    ///
+    /// Without it, a subscriber that stops reading is only told that its
+    /// stream ended when it is next polled, which an HTTP server does not do
+    /// while the client's socket is full.
+    pub fn close_on_overflow(mut self, connection: Connection) -> Self {
+        self.connection = Some(connection);
         self
     }
 }
@@ -379,6 +413,8 @@ pub struct Subscription {
     replay: Option<Replay>,
     live: Pin<Box<Receiver<Bytes>>>,
     commands: Sender<Command>,
+    /// The broker's count of live subscriptions, decremented on drop.
+    count: Arc<AtomicUsize>,
 }
 
 impl Subscription {
@@ -515,5 +551,6 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // The command queue is unbounded, so this only fails once the core is gone.
         let _ = self.commands.try_send(Command::Unsubscribe { id: self.id });
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -21,6 +21,14 @@ pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
 /// disconnected as too slow.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
 
+/// Default maximum number of open client connections. Each open SSE stream
+/// is one connection and one file descriptor.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+
+/// Default time a client has to send a request's headers, counted from the
+/// connection's start or from the end of its previous response.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Settings for a [`Broker`](crate::Broker).
 ///
 /// Start from [`Config::default`] and change what you need:
@@ -47,6 +55,13 @@ pub struct Config {
     /// Reconnection delay sent as the `retry:` field at the start of each
     /// SSE stream, in whole milliseconds.
     pub retry: Duration,
+    /// Maximum number of open client connections; requests on connections
+    /// past it get `503`.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers before the connection
+    /// is closed, counted from the connection's start or from the end of its
+    /// previous response.
+    pub header_timeout: Duration,
     /// Storage backend that [`Broker::open`](crate::Broker::open) opens.
     #[cfg(any(feature = "redb", feature = "sled"))]
     pub storage: crate::backends::StorageKind,
@@ -61,6 +76,8 @@ impl Default for Config {
             keep_alive: DEFAULT_KEEP_ALIVE,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             retry: DEFAULT_RETRY,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
             #[cfg(any(feature = "redb", feature = "sled"))]
             storage: crate::backends::StorageKind::default(),
         }
@@ -102,6 +119,18 @@ impl Config {
     /// Sets the reconnection delay sent as the `retry:` field of each SSE stream.
     pub fn with_retry(mut self, delay: Duration) -> Self {
         self.retry = delay;
+        self
+    }
+
+    /// Sets the maximum number of open client connections.
+    pub fn with_max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
+    /// Sets the time a client has to send a request's headers.
+    pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
         self
     }
 

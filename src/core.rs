@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use tracing::{debug, error, warn};
 
+use crate::connection::Connection;
 use crate::error::{Error, StorageError};
 use crate::event::{Publication, Record};
 use crate::sse;
@@ -54,6 +55,8 @@ pub(crate) enum Command {
         after: Option<u64>,
         /// Event names to send, or `None` for all.
         events: Option<Arc<HashSet<String>>>,
+        /// The client's connection, closed if its queue fills up.
+        connection: Option<Connection>,
         reply: oneshot::Sender<Result<Subscriber, Error>>,
     },
     /// Forget a subscriber whose stream was dropped.
@@ -82,10 +85,11 @@ pub(crate) enum Start {
     Replay { after: u64, until: u64 },
 }
 
-/// A registered subscriber's live queue and name filter.
+/// A registered subscriber's live queue, name filter and connection.
 struct Entry {
     queue: Sender<Bytes>,
     events: Option<Arc<HashSet<String>>>,
+    connection: Option<Connection>,
 }
 
 /// The core's state. Lives on its own thread; see [`Core::run`].
@@ -192,8 +196,9 @@ impl Core {
             Command::Subscribe {
                 after,
                 events,
+                connection,
                 reply,
-            } => self.subscribe(after, events, reply),
+            } => self.subscribe(after, events, connection, reply),
             Command::Unsubscribe { id } => {
                 if self.subscribers.remove(&id).is_some() {
                     debug!(subscriber = id, "subscriber left");
@@ -256,21 +261,27 @@ impl Core {
 
         let capacity = self.queue_capacity;
         let event = &publication.record.event;
-        self.subscribers.retain(|&id, Entry { queue, events }| {
-            if events
+        self.subscribers.retain(|&id, entry| {
+            if entry
+                .events
                 .as_ref()
                 .is_some_and(|events| !events.contains(event))
             {
                 return true;
             }
-            if queue.len() >= capacity {
+            if entry.queue.len() >= capacity {
                 warn!(
                     subscriber = id,
                     capacity, "subscriber queue full, disconnecting the slow client"
                 );
+                // Dropping the queue ends the stream, but the runtime polls
+                // the stream only when the client reads, so close the socket too.
+                if let Some(connection) = &entry.connection {
+                    connection.close();
+                }
                 return false;
             }
-            queue.try_send(frame.clone()).is_ok()
+            entry.queue.try_send(frame.clone()).is_ok()
         });
     }
 
@@ -287,6 +298,7 @@ impl Core {
         &mut self,
         after: Option<u64>,
         events: Option<Arc<HashSet<String>>>,
+        connection: Option<Connection>,
         reply: oneshot::Sender<Result<Subscriber, Error>>,
     ) {
         if self.closing {
@@ -316,7 +328,12 @@ impl Core {
         let (queue, live) = async_channel::unbounded();
         let subscriber = Subscriber { id, start, live };
         if reply.send(Ok(subscriber)).is_ok() {
-            self.subscribers.insert(id, Entry { queue, events });
+            let entry = Entry {
+                queue,
+                events,
+                connection,
+            };
+            self.subscribers.insert(id, entry);
             debug!(
                 subscriber = id,
                 subscribers = self.subscribers.len(),

@@ -95,9 +95,12 @@
 //! # fn main() {}
 //! ```
 
+#[cfg(any(feature = "tokio-axum", feature = "async-std-tide"))]
+mod accept;
 pub mod api;
 mod broker;
 pub mod config;
+pub mod connection;
 mod core;
 mod error;
 mod event;

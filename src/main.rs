@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use broker::config::{DEFAULT_BODY_LIMIT, DEFAULT_QUEUE_CAPACITY};
+use broker::config::{DEFAULT_BODY_LIMIT, DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE_CAPACITY};
 use broker::{AllowedOrigins, Broker, Config, StorageKind};
 use clap::{Parser, ValueEnum};
 use tracing::{error, info, warn};
@@ -68,6 +68,16 @@ struct Args {
     /// Messages a subscriber may have queued before it is disconnected as too slow.
     #[arg(long, env = "BROKER_QUEUE_CAPACITY", default_value_t = DEFAULT_QUEUE_CAPACITY, value_parser = parse_positive)]
     queue_capacity: usize,
+
+    /// Maximum number of open client connections (each SSE stream is one);
+    /// requests on connections past it get 503.
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive)]
+    max_connections: usize,
+
+    /// Seconds a client has to send a request's headers before its
+    /// connection is closed (decimals allowed; at most 60 under async-std-tide).
+    #[arg(long, env = "BROKER_HEADER_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    header_timeout: Duration,
 
     /// Storage backend.
     #[arg(long, env = "BROKER_STORAGE", value_enum, default_value_t)]
@@ -157,6 +167,7 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         .map_err(|error| format!("failed to listen on {addr}: {error}"))?;
     let addr = listener.local_addr()?;
     let shutdown = shutdown_signal()?;
+    raise_open_file_limit(args.max_connections);
 
     let config = Config::default()
         .with_data_dir(&args.data_dir)
@@ -165,6 +176,8 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         .with_keep_alive(args.keep_alive)
         .with_queue_capacity(args.queue_capacity)
         .with_retry(args.retry)
+        .with_max_connections(args.max_connections)
+        .with_header_timeout(args.header_timeout)
         .with_storage(args.storage.kind());
     let broker = Broker::open(config).await?;
 
@@ -189,6 +202,28 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Open files that the server needs besides its connections: the database,
+/// the listener, log output and a margin.
+const RESERVED_FILES: u64 = 64;
+
+/// Raises this process's soft limit on open files up to its hard limit,
+/// as far as `max_connections` needs, and warns when that is not enough.
+///
+/// Many systems start processes with a soft limit of 1024, which would
+/// stop the server from accepting connections long before the cap.
+fn raise_open_file_limit(max_connections: usize) {
+    let needed = (max_connections as u64).saturating_add(RESERVED_FILES);
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(limit) if limit < needed => warn!(
+            open_file_limit = limit,
+            max_connections,
+            "the open-file limit is below the connection limit, so connections past it will wait; raise `ulimit -n` (the hard limit) or lower BROKER_MAX_CONNECTIONS"
+        ),
+        Ok(_) => {}
+        Err(error) => warn!(%error, "failed to read or raise the open-file limit"),
+    }
 }
 
 /// Returns a future that completes on the first SIGINT (Ctrl-C) or SIGTERM.

@@ -255,6 +255,19 @@ impl Server {
         command
     }
 
+    /// Returns the resident memory of the running server process, in KiB,
+    /// from `/proc/PID/status`.
+    pub(crate) fn resident_kib(&self) -> u64 {
+        let child = self.child.as_ref().expect("the server is not running");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .expect("failed to read the server's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS line in /proc status: {status}"))
+    }
+
     pub(crate) fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(child) => child

@@ -80,7 +80,11 @@ macro_rules! conformance {
                     sse_message_format => delivery::sse_message_format,
                     keep_alive_comment => delivery::keep_alive_comment,
                     disconnect_spares_others => delivery::disconnect_spares_others,
-                    slow_subscriber_isolated => delivery::slow_subscriber_isolated,
+                    slow_subscriber_dropped => delivery::slow_subscriber_dropped,
+
+                    connection_limit => connections::connection_limit,
+                    header_timeout => connections::header_timeout,
+                    churn_leaves_nothing => connections::churn_leaves_nothing,
 
                     future_on_time => schedule::future_on_time,
                     current_is_last_published => schedule::current_is_last_published,

@@ -118,9 +118,40 @@ impl SseClient {
         target: &str,
         extra_headers: &[(&str, &str)],
     ) -> SseClient {
-        let mut stream = TcpStream::connect(addr)
+        let stream = TcpStream::connect(addr)
             .await
             .unwrap_or_else(|error| panic!("failed to connect to {addr}: {error}"));
+        SseClient::request(stream, addr, target, extra_headers).await
+    }
+
+    /// Connects with a socket receive buffer of about `bytes`, sends
+    /// `GET /events` and reads the response headers. A small buffer makes a
+    /// client that does not read fill up after little data, where Linux
+    /// would otherwise grow the buffer to megabytes.
+    pub(crate) async fn connect_with_receive_buffer(addr: SocketAddr, bytes: u32) -> SseClient {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("failed to create a socket");
+        socket
+            .set_recv_buffer_size(bytes)
+            .expect("failed to set SO_RCVBUF");
+        let stream = socket
+            .connect(addr)
+            .await
+            .unwrap_or_else(|error| panic!("failed to connect to {addr}: {error}"));
+        SseClient::request(stream, addr, "/events", &[]).await
+    }
+
+    /// Sends `GET target` on `stream` and reads the response headers.
+    async fn request(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        target: &str,
+        extra_headers: &[(&str, &str)],
+    ) -> SseClient {
         let mut request =
             format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (name, value) in extra_headers {

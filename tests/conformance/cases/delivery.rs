@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{record_id, ARRIVAL, QUIET};
 use crate::harness::{future_second, now_millis, Launch, Pair, Server};
-use crate::sse::SseClient;
+use crate::sse::{Item, SseClient};
 
 /// Checks that a new subscriber first receives the current version of every
 /// name, ordered by publication id, and nothing else.
@@ -300,17 +300,24 @@ pub(crate) async fn disconnect_spares_others(pair: Pair) {
     );
 }
 
-/// Checks that a subscriber that stops reading does not delay inserts or other subscribers.
-pub(crate) async fn slow_subscriber_isolated(pair: Pair) {
+/// Messages of 64 KiB inserted while one subscriber stalls: 8 MiB, more
+/// than the server's socket send buffer can grow to under Linux's default
+/// `tcp_wmem` maximum of 4 MiB, plus the stalled client's small receive buffer.
+const FLOOD: usize = 128;
+
+/// Checks that a subscriber that stops reading is disconnected once its
+/// queue fills, that another subscriber keeps receiving meanwhile, and that
+/// the stalled one gets every message it missed when it resumes.
+pub(crate) async fn slow_subscriber_dropped(pair: Pair) {
     let server = Server::launch(Launch::new(pair).env("BROKER_QUEUE_CAPACITY", "4")).await;
-    let stalled = server.subscribe().await;
+    // Linux would grow a normal receive buffer to megabytes.
+    let mut stalled = SseClient::connect_with_receive_buffer(server.addr(), 4096).await;
     let mut reader = server.subscribe().await;
 
-    // 128 messages of 64 KiB are 8 MiB, more than the loopback socket buffers
-    // of the stalled connection usually hold (an estimate, as Linux autotunes them).
     let payload = "x".repeat(64 * 1024);
     let started = now_millis();
-    for index in 0..128 {
+    let mut first_id = None;
+    for index in 0..FLOOD {
         server
             .insert(&json!({ "event": "flood", "data": [index, payload] }))
             .await;
@@ -320,11 +327,79 @@ pub(crate) async fn slow_subscriber_isolated(pair: Pair) {
             json!(index),
             "the reading subscriber should get message {index} although another subscriber stalls"
         );
+        first_id.get_or_insert(message.publication_id());
     }
     let elapsed = now_millis() - started;
     assert!(
         elapsed < 30_000,
-        "128 inserts with one stalled subscriber took {elapsed} ms, expected well under 30 s"
+        "{FLOOD} inserts with one stalled subscriber took {elapsed} ms, expected well under 30 s"
     );
-    drop(stalled);
+
+    // The server frees the stalled subscription without waiting for the
+    // client to read again: its connection, which owns it, is closed.
+    let mut subscriptions = Value::Null;
+    let deadline = Instant::now() + ARRIVAL;
+    while Instant::now() < deadline {
+        subscriptions = server.get("/health").await.json()["subscriptions"].clone();
+        if subscriptions == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        subscriptions, 1,
+        "only the reading subscriber should remain once the stalled one's queue is full"
+    );
+
+    // What the kernel had buffered still arrives when the client reads,
+    // then the end of the stream.
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match stalled.next_item(deadline.into()).await {
+            Some(Item::Event(event)) => received.push(event),
+            Some(Item::Closed) => break,
+            Some(_) => {}
+            None => panic!(
+                "the stalled subscriber's connection was still open 10 s after the flood; it had received {} of {FLOOD} messages",
+                received.len()
+            ),
+        }
+    }
+    assert!(
+        received.len() < FLOOD,
+        "the stalled subscriber received all {FLOOD} messages, so its queue never filled and the test proved nothing"
+    );
+    for (index, event) in received.iter().enumerate() {
+        assert_eq!(
+            event.json()[0],
+            json!(index),
+            "the stalled subscriber's messages before the disconnect should be the first ones, in order"
+        );
+    }
+
+    // Resuming from its last id brings every later message once, in order.
+    let first_id = first_id.expect("the flood published messages");
+    let last_id = received
+        .last()
+        .map_or(first_id - 1, |event| event.publication_id());
+    let last_id = last_id.to_string();
+    let mut resumed = SseClient::connect(server.addr(), &[("Last-Event-ID", &last_id)]).await;
+    assert_eq!(
+        resumed.header("broker-resume").as_deref(),
+        Some("resumed"),
+        "the resumed stream should say it resumed"
+    );
+    let missed = FLOOD - received.len();
+    let rest = resumed.next_events(missed, ARRIVAL).await;
+    for (offset, event) in rest.iter().enumerate() {
+        assert_eq!(
+            event.json()[0],
+            json!(received.len() + offset),
+            "the resumed stream should bring the missed messages in order"
+        );
+    }
+    resumed
+        .assert_no_event(QUIET, "after the missed messages")
+        .await;
 }

@@ -11,6 +11,7 @@ use crate::sse::SseEvent;
 
 pub(crate) mod collection;
 pub(crate) mod config;
+pub(crate) mod connections;
 pub(crate) mod cors;
 pub(crate) mod delivery;
 pub(crate) mod insert;
