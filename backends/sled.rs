@@ -249,12 +249,13 @@ impl SledStorage {
         let mut versions = Vec::new();
         for entry in self.tree.scan_prefix(&prefix) {
             let (key, _) = entry?;
-            let id = key.get(prefix.len()..).and_then(read_u64).ok_or_else(|| {
-                StorageError::Corrupt {
-                    id: 0,
-                    reason: format!("invalid index key for {event:?}"),
-                }
-            })?;
+            // The prefix of `a` and NUL also matches the keys of a name `a`,
+            // NUL and more, and the prefix of `a` and two NULs matches keys
+            // of `a` whose id starts with a zero byte. Only keys that end in
+            // exactly one id after the prefix belong to `event`.
+            let Some(id) = key.get(prefix.len()..).and_then(read_u64) else {
+                continue;
+            };
             let mut record = self.read_record(id)?;
             record.published = !self.tree.contains_key(pending_key(record.timestamp, id))?;
             versions.push(record);

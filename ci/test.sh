@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check that CI runs. It checks formatting, runs clippy with
 # warnings as errors for every feature set, builds the docs, and runs the
-# unit, core and doc tests. Then it runs the conformance suite once per
-# runtime and storage pair. It prints a summary line per feature set and per
+# unit, core, property and doc tests. Then it runs the conformance suite once
+# per runtime and storage pair. It prints a summary line per feature set and per
 # pair, and exits non-zero if anything failed.
 # Usage: ci/test.sh   (from anywhere inside the repository)
 set -uo pipefail
@@ -82,7 +82,7 @@ done
 
 # The library tests with every feature on, then the conformance suite pair
 # by pair, all from one build.
-if step "test [--all-features]" cargo test --all-features --lib --test core \
+if step "test [--all-features]" cargo test --all-features --lib --test core --test properties \
   && step "doctest [--all-features]" cargo test --all-features --doc; then
   summary+=("tests [--all-features]: ok")
 else

@@ -361,13 +361,17 @@ fn subscribe_options(
 /// Returns [`ApiError::InvalidPath`] when the segment does not decode to
 /// UTF-8, and [`ApiError::Unavailable`] when storage fails.
 pub async fn collection(broker: &Broker, segment: &str) -> Result<Bytes, ApiError> {
-    let event = percent_encoding::percent_decode_str(segment)
+    let event = decode_segment(segment)?;
+    let records = broker.collection(&event).await?;
+    Ok(to_json(&records))
+}
+
+fn decode_segment(segment: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+    percent_encoding::percent_decode_str(segment)
         .decode_utf8()
         .map_err(|error| ApiError::InvalidPath {
             reason: format!("{segment:?} is not UTF-8 after percent-decoding ({error})"),
-        })?;
-    let records = broker.collection(&event).await?;
-    Ok(to_json(&records))
+        })
 }
 
 /// Handles `GET /health`: `200` when the broker runs and its storage reads
@@ -468,6 +472,7 @@ fn to_json<T: Serialize + ?Sized>(value: &T) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn content_types() {
@@ -523,5 +528,69 @@ mod tests {
         assert_eq!(body["error"], "invalid_event");
         assert_eq!(body["field"], "event");
         assert!(body["message"].as_str().unwrap().contains("1 to 256 bytes"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any query and header either subscribe with valid names only or
+        /// fail with one of the two request errors and a JSON body.
+        #[test]
+        fn subscribe_options_never_panic(
+            query in prop_oneof![any::<String>(), query_string()],
+            header in proptest::option::of(any::<String>()),
+        ) {
+            match subscribe_options(Some(&query), header.as_deref()) {
+                Ok(options) => {
+                    for event in options.events.iter().flatten() {
+                        prop_assert!(validate_event(event).is_ok(), "{event:?}");
+                    }
+                }
+                Err(error) => {
+                    let code = error.code();
+                    prop_assert!(
+                        matches!(code, "invalid_filter" | "invalid_last_event_id"),
+                        "{code}"
+                    );
+                    prop_assert!(serde_json::from_slice::<serde_json::Value>(&error.to_json()).is_ok());
+                }
+            }
+        }
+
+        /// Arbitrary segments never panic, and a percent-encoded name decodes
+        /// back to itself.
+        #[test]
+        fn segments_decode(segment in any::<String>(), name in any::<String>()) {
+            if let Err(error) = decode_segment(&segment) {
+                prop_assert_eq!(error.code(), "invalid_path");
+            }
+            let encoded =
+                percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            prop_assert_eq!(decode_segment(&encoded).unwrap(), name);
+        }
+    }
+
+    /// A query string of `event` and `lastEventId` pairs with encoded,
+    /// raw and malformed values, mixed with other keys.
+    fn query_string() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec!["event", "lastEventId", "_", "", "event[]"]);
+        let value = prop_oneof![
+            any::<String>().prop_map(|value| {
+                form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>()
+            }),
+            any::<u64>().prop_map(|id| id.to_string()),
+            "[ +%0-9a-fA-F&=;]{0,12}",
+            Just("%FF%FE".to_owned()),
+            Just("%0A".to_owned()),
+            Just("18446744073709551616".to_owned()),
+        ];
+        prop::collection::vec((key, value), 0..6).prop_map(|pairs| {
+            let pairs: Vec<String> = pairs
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect();
+            pairs.join("&")
+        })
     }
 }

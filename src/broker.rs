@@ -255,11 +255,10 @@ impl Broker {
                 (VecDeque::new(), Some(replay), false)
             }
         };
-        let retry = self.inner.config.retry.as_millis();
         self.inner.subscriptions.fetch_add(1, Ordering::AcqRel);
         Ok(Subscription {
             id: subscriber.id,
-            prelude: Some(Bytes::from(format!("retry: {retry}\n\n"))),
+            prelude: Some(sse::retry_frame(self.inner.config.retry)),
             reset,
             snapshot,
             replay,
@@ -552,5 +551,64 @@ impl Drop for Subscription {
         // The command queue is unbounded, so this only fails once the core is gone.
         let _ = self.commands.try_send(Command::Unsubscribe { id: self.id });
         self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::testing;
+    use proptest::prelude::*;
+
+    /// A publication whose data is a string of `len` bytes, so that a few
+    /// of them fill a chunk.
+    fn large_publication(id: u64, len: usize) -> Publication {
+        let data = serde_json::Value::from("x".repeat(len));
+        let event = testing::accepted_event("large", &data, false);
+        Publication {
+            id,
+            record: Record {
+                id,
+                event: event.event().to_owned(),
+                timestamp: 0,
+                published: true,
+                data: event.data().to_owned(),
+            },
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Snapshot frames joined into chunks parse back to exactly their
+        /// messages in order, and every chunk ends on a frame boundary.
+        #[test]
+        fn joined_frames_parse_in_order(
+            small in prop::collection::vec(testing::publication(), 1..24),
+            large in prop::collection::vec((any::<u64>(), 0..MAX_CHUNK + 100), 0..4),
+            seed in any::<u64>(),
+        ) {
+            let mut publications = small;
+            for (index, (id, len)) in large.into_iter().enumerate() {
+                let at = (seed as usize).wrapping_add(index) % (publications.len() + 1);
+                publications.insert(at, large_publication(id, len));
+            }
+            let mut frames: VecDeque<Bytes> = publications.iter().map(sse::encode).collect();
+
+            let mut stream = Vec::new();
+            while let Some(first) = frames.pop_front() {
+                let chunk = join(first, || frames.pop_front());
+                let parsed = testing::parse(&chunk);
+                prop_assert!(parsed.pending.is_empty(), "a chunk ends inside a message");
+                prop_assert!(parsed.unterminated.is_empty(), "a chunk ends inside a line");
+                stream.extend_from_slice(&chunk);
+            }
+
+            let expected: Vec<testing::Message> =
+                publications.iter().map(testing::expected_message).collect();
+            let interpreted = testing::interpret(&testing::parse(&stream));
+            prop_assert_eq!(interpreted.messages, expected);
+            prop_assert_eq!(interpreted.retry, None);
+        }
     }
 }

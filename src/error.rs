@@ -59,6 +59,15 @@ pub enum InsertError {
         field: String,
     },
 
+    /// A string in `data` with a `\u` escape of a UTF-16 surrogate that is
+    /// not half of a pair. JSON's grammar allows it, but it encodes no
+    /// character, and strict parsers such as serde_json reject it.
+    #[error("`data` contains the escape {escape}, a lone UTF-16 surrogate that encodes no character; send the character itself or a surrogate pair such as \\ud83d\\ude00")]
+    LoneSurrogate {
+        /// The escape as sent, such as `\ud800`.
+        escape: String,
+    },
+
     /// A field that appears twice in the same object.
     #[error("`{field}` appears more than once; send each field once")]
     DuplicateField {
@@ -126,6 +135,7 @@ impl InsertError {
             Self::InvalidJson { .. } | Self::NotAnObject { .. } => None,
             Self::MissingField { field } | Self::WrongType { field, .. } => Some(field),
             Self::UnknownField { field } | Self::DuplicateField { field } => Some(field),
+            Self::LoneSurrogate { .. } => Some("data"),
             Self::EmptyEvent | Self::EventTooLong { .. } | Self::ControlCharacter { .. } => {
                 Some("event")
             }
@@ -139,7 +149,7 @@ impl InsertError {
     /// Returns a short, stable code for the kind of error, for clients to match on.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidJson { .. } => "invalid_json",
+            Self::InvalidJson { .. } | Self::LoneSurrogate { .. } => "invalid_json",
             Self::NotAnObject { .. } => "not_an_object",
             Self::MissingField { .. } => "missing_field",
             Self::WrongType { .. } => "wrong_type",

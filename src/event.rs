@@ -121,6 +121,11 @@ impl NewEvent {
             None => null(),
             Some(raw) => compact(&raw),
         };
+        if let Some(escape) = find_lone_surrogate(data.get()) {
+            return Err(InsertError::LoneSurrogate {
+                escape: escape.to_owned(),
+            });
+        }
         Ok(Self {
             event,
             timestamp,
@@ -377,6 +382,40 @@ pub(crate) fn compact(raw: &RawValue) -> Box<RawValue> {
     RawValue::from_string(out).expect("removing whitespace between tokens keeps JSON valid")
 }
 
+/// Returns the first `\u` escape in `json` of a UTF-16 surrogate that is
+/// not half of a high-low pair. `json` must be valid JSON, whose parser
+/// checked that each `\u` has four hex digits.
+fn find_lone_surrogate(json: &str) -> Option<&str> {
+    let bytes = json.as_bytes();
+    let unit_at = |at: usize| -> Option<u16> {
+        let escape = json.get(at..at + 6)?.strip_prefix("\\u")?;
+        u16::from_str_radix(escape, 16).ok()
+    };
+    let mut in_string = false;
+    let mut at = 0;
+    while at < bytes.len() {
+        match (in_string, bytes[at]) {
+            (false, b'"') => in_string = true,
+            (true, b'"') => in_string = false,
+            (true, b'\\') if bytes[at + 1] != b'u' => at += 1,
+            (true, b'\\') => {
+                let unit = unit_at(at)?;
+                let paired = (0xD800..0xDC00).contains(&unit)
+                    && unit_at(at + 6).is_some_and(|next| (0xDC00..0xE000).contains(&next));
+                if paired {
+                    at += 6;
+                } else if (0xD800..0xE000).contains(&unit) {
+                    return Some(&json[at..at + 6]);
+                }
+                at += 5;
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    None
+}
+
 fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -476,6 +515,29 @@ mod tests {
             let error = reject(body);
             assert_eq!(error.code(), *code, "code for {body}");
             assert_eq!(error.field(), *field, "field for {body}");
+        }
+    }
+
+    #[test]
+    fn lone_surrogates_in_data_rejected() {
+        for (data, escape) in [
+            (r#""\ud800""#, r"\ud800"),
+            (r#""a\uDFFFb""#, r"\uDFFF"),
+            (r#"{"\udc00":1}"#, r"\udc00"),
+            (r#"["\ud83d\ud83d\ude00"]"#, r"\ud83d"),
+            (r#""\\ud800\ud800x""#, r"\ud800"),
+        ] {
+            let error = reject(&format!(r#"{{"event":"a","data":{data}}}"#));
+            let expected = InsertError::LoneSurrogate {
+                escape: escape.to_owned(),
+            };
+            assert_eq!(error, expected, "data {data}");
+            assert_eq!(error.field(), Some("data"));
+        }
+        for data in [r#""\ud83d\ude00""#, r#""\\ud800""#, r#""\u00e9\\""#] {
+            let body = format!(r#"{{"event":"a","data":{data}}}"#);
+            let event = NewEvent::from_json(body.as_bytes()).expect(&body);
+            assert_eq!(event.data().get(), data);
         }
     }
 

@@ -7,14 +7,24 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
 
 use crate::event::Publication;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 /// The comment line sent to keep idle connections open.
 pub(crate) const KEEP_ALIVE_FRAME: &[u8] = b":\n\n";
+
+/// Encodes the `retry` field that sets a client's reconnection delay, in
+/// whole milliseconds, as a block of its own that dispatches no message.
+pub(crate) fn retry_frame(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
+}
 
 /// Encodes one publication as an SSE message.
 pub(crate) fn encode(publication: &Publication) -> Bytes {
@@ -70,7 +80,9 @@ where
 mod tests {
     use super::*;
     use crate::event::Record;
+    use proptest::prelude::*;
     use serde_json::value::RawValue;
+    use testing::Line;
 
     #[test]
     fn encodes_one_message() {
@@ -88,5 +100,57 @@ mod tests {
             &encode(&publication)[..],
             b"id: 7\nevent: title\ndata: {\"text\":\"a\\nb\"}\n\n"
         );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any accepted name and data, under any id, parse back to exactly
+        /// one message with the fields `id`, `event` and `data`, in that
+        /// order, and nothing else.
+        #[test]
+        fn frame_parses_to_one_message(publication in testing::publication()) {
+            let frame = encode(&publication);
+            let parsed = testing::parse(&frame);
+            let record = &publication.record;
+            let lines = vec![
+                Line::Field("id".into(), publication.id.to_string()),
+                Line::Field("event".into(), record.event.clone()),
+                Line::Field("data".into(), record.data.get().to_owned()),
+            ];
+            prop_assert_eq!(&parsed.blocks, &vec![lines]);
+            prop_assert!(parsed.pending.is_empty());
+            prop_assert!(parsed.unterminated.is_empty());
+
+            let interpreted = testing::interpret(&parsed);
+            prop_assert_eq!(interpreted.messages, vec![testing::expected_message(&publication)]);
+            prop_assert_eq!(interpreted.retry, None);
+        }
+
+        /// The `retry` block sets the reconnection time and dispatches nothing.
+        #[test]
+        fn retry_frame_parses_to_retry_only(millis in any::<u64>()) {
+            let frame = retry_frame(Duration::from_millis(millis));
+            let parsed = testing::parse(&frame);
+            prop_assert_eq!(
+                &parsed.blocks,
+                &vec![vec![Line::Field("retry".into(), millis.to_string())]]
+            );
+            prop_assert!(parsed.pending.is_empty());
+            prop_assert!(parsed.unterminated.is_empty());
+
+            let interpreted = testing::interpret(&parsed);
+            prop_assert!(interpreted.messages.is_empty());
+            prop_assert_eq!(interpreted.retry, Some(millis));
+        }
+    }
+
+    #[test]
+    fn keep_alive_is_one_comment() {
+        let parsed = testing::parse(KEEP_ALIVE_FRAME);
+        assert_eq!(parsed.blocks, vec![vec![Line::Comment(String::new())]]);
+        assert!(parsed.pending.is_empty());
+        assert!(parsed.unterminated.is_empty());
+        assert_eq!(testing::interpret(&parsed), testing::Interpreted::default());
     }
 }
