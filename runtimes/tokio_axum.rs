@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::api::{self, ApiError};
+use crate::auth::Credentials;
 use crate::sse::KeepAlive;
 use crate::{Broker, Listen};
 
@@ -116,7 +117,7 @@ async fn insert(
     };
     let content_type = header_text(&headers, header::CONTENT_TYPE);
     let origin = header_text(&headers, header::ORIGIN);
-    match api::insert(&broker, origin, content_type, &body).await {
+    match api::insert(&broker, origin, credentials(&headers), content_type, &body).await {
         Ok(record) => json(StatusCode::CREATED, record),
         Err(error) => error.into_response(),
     }
@@ -124,7 +125,9 @@ async fn insert(
 
 async fn events(State(broker): State<Broker>, uri: Uri, headers: HeaderMap) -> Response {
     let last_event_id = header_text(&headers, HeaderName::from_static("last-event-id"));
-    let (subscription, resume) = match api::events(&broker, uri.query(), last_event_id).await {
+    let credentials = credentials(&headers);
+    let subscribed = api::events(&broker, uri.query(), last_event_id, credentials).await;
+    let (subscription, resume) = match subscribed {
         Ok(subscribed) => subscribed,
         Err(error) => return error.into_response(),
     };
@@ -147,13 +150,13 @@ async fn events(State(broker): State<Broker>, uri: Uri, headers: HeaderMap) -> R
     response
 }
 
-async fn collection(State(broker): State<Broker>, uri: Uri) -> Response {
+async fn collection(State(broker): State<Broker>, uri: Uri, headers: HeaderMap) -> Response {
     // The core decodes the raw segment, so that every runtime decodes alike.
     let segment = uri
         .path()
         .strip_prefix(api::COLLECTION_PREFIX)
         .unwrap_or_default();
-    match api::collection(&broker, segment).await {
+    match api::collection(&broker, segment, uri.query(), credentials(&headers)).await {
         Ok(records) => json(StatusCode::OK, records),
         Err(error) => error.into_response(),
     }
@@ -210,6 +213,12 @@ fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
         .map(|value| value.to_str().unwrap_or("(not ASCII)"))
 }
 
+/// Returns the headers that may carry a token, for the API to check.
+fn credentials(headers: &HeaderMap) -> Credentials<'_> {
+    let authorization = header_text(headers, header::AUTHORIZATION);
+    Credentials::new(authorization, header_text(headers, header::COOKIE))
+}
+
 fn body_rejection(broker: &Broker, rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::BodyTooLarge {
@@ -230,7 +239,15 @@ fn json(status: StatusCode, body: Bytes) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        json(status, self.to_json())
+        let mut response = json(status, self.to_json());
+        for (name, value) in self.headers() {
+            if let Ok(value) = HeaderValue::try_from(value) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(name), value);
+            }
+        }
+        response
     }
 }
 

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::auth::Secret;
+
 /// Default folder for the database, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./tmp";
 
@@ -47,6 +49,12 @@ pub struct Config {
     /// Reconnection delay sent as the `retry:` field at the start of each
     /// SSE stream, in whole milliseconds.
     pub retry: Duration,
+    /// Secret that verifies publisher tokens on `POST /insert`; `None`
+    /// leaves publishing open. See [`auth`](crate::auth).
+    pub publisher_secret: Option<Secret>,
+    /// Secret that verifies subscriber tokens on `GET /events` and
+    /// `GET /collection/{event}`; `None` leaves subscribing open.
+    pub subscriber_secret: Option<Secret>,
     /// Storage backend that [`Broker::open`](crate::Broker::open) opens.
     #[cfg(any(feature = "redb", feature = "sled"))]
     pub storage: crate::backends::StorageKind,
@@ -61,6 +69,8 @@ impl Default for Config {
             keep_alive: DEFAULT_KEEP_ALIVE,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             retry: DEFAULT_RETRY,
+            publisher_secret: None,
+            subscriber_secret: None,
             #[cfg(any(feature = "redb", feature = "sled"))]
             storage: crate::backends::StorageKind::default(),
         }
@@ -102,6 +112,21 @@ impl Config {
     /// Sets the reconnection delay sent as the `retry:` field of each SSE stream.
     pub fn with_retry(mut self, delay: Duration) -> Self {
         self.retry = delay;
+        self
+    }
+
+    /// Requires publishers to send a token signed with `secret`.
+    ///
+    /// Use a different secret from the subscriber one, so that subscriber
+    /// tokens cannot publish.
+    pub fn with_publisher_secret(mut self, secret: Secret) -> Self {
+        self.publisher_secret = Some(secret);
+        self
+    }
+
+    /// Requires subscribers to send a token signed with `secret`.
+    pub fn with_subscriber_secret(mut self, secret: Secret) -> Self {
+        self.subscriber_secret = Some(secret);
         self
     }
 
