@@ -34,6 +34,7 @@ use tracing::{debug, info};
 
 use crate::accept;
 use crate::api::{self, ApiError};
+use crate::auth::Credentials;
 use crate::connection::Connection;
 use crate::sse::KeepAlive;
 use crate::{Broker, Listen};
@@ -218,11 +219,14 @@ async fn insert(mut request: Request<Broker>) -> tide::Result {
     let broker = request.state().clone();
     let content_type = header_text(&request, "content-type");
     let origin = header_text(&request, "origin");
+    let (authorization, cookie) = token_headers(&request);
+    let credentials = Credentials::new(authorization.as_deref(), cookie.as_deref());
     let body = match read_body(&mut request, broker.config().body_limit).await {
         Ok(body) => body,
         Err(error) => return Ok(error_response(error)),
     };
-    let inserted = api::insert(&broker, origin.as_deref(), content_type.as_deref(), &body).await;
+    let content_type = content_type.as_deref();
+    let inserted = api::insert(&broker, origin.as_deref(), credentials, content_type, &body).await;
     Ok(match inserted {
         Ok(record) => json(StatusCode::Created, record),
         Err(error) => error_response(error),
@@ -232,9 +236,12 @@ async fn insert(mut request: Request<Broker>) -> tide::Result {
 async fn events(request: Request<Broker>) -> tide::Result {
     let broker = request.state();
     let last_event_id = header_text(&request, "last-event-id");
+    let (authorization, cookie) = token_headers(&request);
+    let credentials = Credentials::new(authorization.as_deref(), cookie.as_deref());
     let connection = request.ext::<Connection>();
     let query = request.url().query();
-    let subscribed = api::events(broker, query, last_event_id.as_deref(), connection).await;
+    let last_event_id = last_event_id.as_deref();
+    let subscribed = api::events(broker, query, last_event_id, credentials, connection).await;
     let (subscription, resume) = match subscribed {
         Ok(subscribed) => subscribed,
         Err(error) => return Ok(error_response(error)),
@@ -261,10 +268,15 @@ async fn collection(request: Request<Broker>) -> tide::Result {
         .strip_prefix(api::COLLECTION_PREFIX)
         .unwrap_or_default()
         .to_owned();
-    Ok(match api::collection(request.state(), &segment).await {
-        Ok(records) => json(StatusCode::Ok, records),
-        Err(error) => error_response(error),
-    })
+    let (authorization, cookie) = token_headers(&request);
+    let credentials = Credentials::new(authorization.as_deref(), cookie.as_deref());
+    let query = request.url().query();
+    Ok(
+        match api::collection(request.state(), &segment, query, credentials).await {
+            Ok(records) => json(StatusCode::Ok, records),
+            Err(error) => error_response(error),
+        },
+    )
 }
 
 async fn health(request: Request<Broker>) -> tide::Result {
@@ -279,6 +291,12 @@ fn header_text(request: &Request<Broker>, name: &str) -> Option<String> {
     request
         .header(name)
         .map(|value| value.last().as_str().to_owned())
+}
+
+/// Returns the `Authorization` and `Cookie` headers, which may carry a token.
+fn token_headers(request: &Request<Broker>) -> (Option<String>, Option<String>) {
+    let authorization = header_text(request, "authorization");
+    (authorization, header_text(request, "cookie"))
 }
 
 /// Reads the request body, up to `limit` bytes.
@@ -361,7 +379,7 @@ fn error_response(error: ApiError) -> Response {
     let status = StatusCode::try_from(error.status()).unwrap_or(StatusCode::BadRequest);
     let mut response = json(status, error.to_json());
     for (name, value) in error.headers() {
-        response.insert_header(*name, *value);
+        response.insert_header(name, value);
     }
     response
 }

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::accept;
 use crate::api::{self, ApiError};
+use crate::auth::Credentials;
 use crate::connection::Connection;
 use crate::sse::KeepAlive;
 use crate::{Broker, Listen};
@@ -174,7 +175,7 @@ async fn insert(
     };
     let content_type = header_text(&headers, header::CONTENT_TYPE);
     let origin = header_text(&headers, header::ORIGIN);
-    match api::insert(&broker, origin, content_type, &body).await {
+    match api::insert(&broker, origin, credentials(&headers), content_type, &body).await {
         Ok(record) => json(StatusCode::CREATED, record),
         Err(error) => error.into_response(),
     }
@@ -188,7 +189,9 @@ async fn events(
 ) -> Response {
     let last_event_id = header_text(&headers, HeaderName::from_static("last-event-id"));
     let connection = connection.as_ref().map(|Extension(connection)| connection);
-    let subscribed = api::events(&broker, uri.query(), last_event_id, connection).await;
+    let credentials = credentials(&headers);
+    let query = uri.query();
+    let subscribed = api::events(&broker, query, last_event_id, credentials, connection).await;
     let (subscription, resume) = match subscribed {
         Ok(subscribed) => subscribed,
         Err(error) => return error.into_response(),
@@ -212,13 +215,13 @@ async fn events(
     response
 }
 
-async fn collection(State(broker): State<Broker>, uri: Uri) -> Response {
+async fn collection(State(broker): State<Broker>, uri: Uri, headers: HeaderMap) -> Response {
     // The core decodes the raw segment, so that every runtime decodes alike.
     let segment = uri
         .path()
         .strip_prefix(api::COLLECTION_PREFIX)
         .unwrap_or_default();
-    match api::collection(&broker, segment).await {
+    match api::collection(&broker, segment, uri.query(), credentials(&headers)).await {
         Ok(records) => json(StatusCode::OK, records),
         Err(error) => error.into_response(),
     }
@@ -281,6 +284,12 @@ fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
         .map(|value| value.to_str().unwrap_or("(not ASCII)"))
 }
 
+/// Returns the headers that may carry a token, for the API to check.
+fn credentials(headers: &HeaderMap) -> Credentials<'_> {
+    let authorization = header_text(headers, header::AUTHORIZATION);
+    Credentials::new(authorization, header_text(headers, header::COOKIE))
+}
+
 fn body_rejection(broker: &Broker, rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::BodyTooLarge {
@@ -303,10 +312,11 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let mut response = json(status, self.to_json());
         for (name, value) in self.headers() {
-            response.headers_mut().insert(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
+            if let Ok(value) = HeaderValue::try_from(value) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(name), value);
+            }
         }
         response
     }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tracing::{debug, error};
 
+use crate::auth::{self, AuthError, Credentials, Role};
 use crate::broker::{Broker, SubscribeOptions, Subscription};
 use crate::config::AllowedOrigins;
 use crate::connection::Connection;
@@ -104,6 +105,11 @@ pub enum ApiError {
         reason: InsertError,
     },
 
+    /// A missing, invalid or expired token (`401`), or an event name outside
+    /// the token's `events` claim (`403`).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+
     /// An insert from a web page whose origin is not allowed: `403`.
     #[error("origin {origin} is not allowed to publish; add it to BROKER_ORIGIN to publish from that site")]
     OriginNotAllowed {
@@ -132,6 +138,7 @@ impl ApiError {
             | Self::InvalidPath { .. }
             | Self::InvalidLastEventId { .. }
             | Self::InvalidFilter { .. } => 400,
+            Self::Auth(error) => error.status(),
             Self::OriginNotAllowed { .. } => 403,
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
@@ -153,20 +160,11 @@ impl ApiError {
             Self::InvalidPath { .. } => "invalid_path",
             Self::InvalidLastEventId { .. } => "invalid_last_event_id",
             Self::InvalidFilter { .. } => "invalid_filter",
+            Self::Auth(error) => error.code(),
             Self::OriginNotAllowed { .. } => "origin_not_allowed",
             Self::TooManyConnections { .. } => "too_many_connections",
             Self::Unavailable(Error::ShuttingDown) => "shutting_down",
             Self::Unavailable(_) => "unavailable",
-        }
-    }
-
-    /// Returns the headers that the response carries besides
-    /// `content-type`. A connection past the limit is closed after the
-    /// response, so that its file descriptor is freed.
-    pub fn headers(&self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Self::TooManyConnections { .. } => &[("retry-after", "1"), ("connection", "close")],
-            _ => &[],
         }
     }
 
@@ -184,6 +182,7 @@ impl ApiError {
             Self::Insert(error) => error.field(),
             Self::InvalidLastEventId { source_name, .. } => Some(*source_name),
             Self::InvalidFilter { .. } => Some("event"),
+            Self::Auth(error) => error.field(),
             _ => None,
         };
         let body = Body {
@@ -194,6 +193,21 @@ impl ApiError {
         serde_json::to_vec(&body)
             .expect("an error body serializes")
             .into()
+    }
+
+    /// Returns the headers that the error response carries besides its
+    /// content type: a `WWW-Authenticate` challenge for [`ApiError::Auth`],
+    /// and for [`ApiError::TooManyConnections`] a `Connection: close` that
+    /// frees the connection's file descriptor after the response.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Auth(error) => vec![("www-authenticate", error.www_authenticate())],
+            Self::TooManyConnections { .. } => vec![
+                ("retry-after", "1".to_owned()),
+                ("connection", "close".to_owned()),
+            ],
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -214,8 +228,12 @@ impl From<Error> for ApiError {
     }
 }
 
-/// Handles `POST /insert`: checks the origin and content type, parses the
-/// body and stores the event. Returns the record for a `201`.
+/// Handles `POST /insert`: checks the origin, the publisher token and the
+/// content type, parses the body and stores the event. Returns the record
+/// for a `201`.
+///
+/// With a publisher secret set, `credentials` must carry a valid token
+/// whose `events` claim, if any, lists the event's name. See [`auth`].
 ///
 /// With a list of allowed origins, a request whose `Origin` header is not
 /// on it is rejected. CORS alone would only hide the response from the
@@ -225,11 +243,13 @@ impl From<Error> for ApiError {
 ///
 /// # Errors
 ///
-/// Returns an [`ApiError`] for a disallowed origin or a bad content type or
-/// body (nothing stored), and for a storage failure.
+/// Returns an [`ApiError`] for a disallowed origin, a missing or rejected
+/// token, or a bad content type or body (nothing stored), and for a storage
+/// failure.
 pub async fn insert(
     broker: &Broker,
     origin: Option<&str>,
+    credentials: Credentials<'_>,
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Bytes, ApiError> {
@@ -245,8 +265,11 @@ pub async fn insert(
             });
         }
     }
+    let secret = broker.config().publisher_secret.as_ref();
+    let grant = auth::authorize(secret, Role::Publisher, credentials, None)?;
     check_content_type(content_type)?;
     let event = NewEvent::from_json(body)?;
+    grant.check(Role::Publisher, event.event())?;
     let record = broker.insert(event).await?;
     Ok(to_json(&record))
 }
@@ -276,22 +299,33 @@ pub const RESUME_HEADER: &str = "broker-resume";
 /// subscribes. Returns the stream and the value of [`RESUME_HEADER`], if any.
 ///
 /// `query` is the raw query string. It may carry `event` (repeated, one name
-/// each) and `lastEventId`, for a first request that resumes. The
-/// `Last-Event-ID` header, which browsers send on their own when they
-/// reconnect, takes precedence over `lastEventId`. `connection`, when
-/// given, is closed if the subscriber stops reading and its queue fills up.
+/// each), `lastEventId`, for a first request that resumes, and
+/// `authorization`, a subscriber token. The `Last-Event-ID` header, which
+/// browsers send on their own when they reconnect, takes precedence over
+/// `lastEventId`. `connection`, when given, is closed if the subscriber
+/// stops reading and its queue fills up.
+///
+/// With a subscriber secret set, the request needs a valid token. A token
+/// with an `events` claim limits the stream to those names, and a filter
+/// naming any other is rejected.
 ///
 /// # Errors
 ///
-/// Returns [`ApiError::InvalidLastEventId`] or [`ApiError::InvalidFilter`]
-/// for a bad request, and [`ApiError::Unavailable`] during shutdown.
+/// Returns [`ApiError::Auth`] for a missing or rejected token or a filter
+/// outside its claim, [`ApiError::InvalidLastEventId`] or
+/// [`ApiError::InvalidFilter`] for a bad request, and
+/// [`ApiError::Unavailable`] during shutdown.
 pub async fn events(
     broker: &Broker,
     query: Option<&str>,
     last_event_id: Option<&str>,
+    credentials: Credentials<'_>,
     connection: Option<&Connection>,
 ) -> Result<(Subscription, Option<&'static str>), ApiError> {
+    let secret = broker.config().subscriber_secret.as_ref();
+    let grant = auth::authorize(secret, Role::Subscriber, credentials, query)?;
     let mut options = subscribe_options(query, last_event_id)?;
+    options.events = grant.limit_filter(options.events.take())?;
     if let Some(connection) = connection {
         options = options.close_on_overflow(connection.clone());
     }
@@ -351,17 +385,28 @@ fn subscribe_options(
 }
 
 /// Handles `GET /collection/{event}`, given the path segment as sent,
-/// still percent-encoded.
+/// still percent-encoded, and the raw query string.
 ///
 /// Malformed escapes such as `%zz` stay as they are, as in most URL
-/// decoders; an escape that decodes to invalid UTF-8 is rejected.
+/// decoders; an escape that decodes to invalid UTF-8 is rejected. With a
+/// subscriber secret set, the request needs a token as for [`events`],
+/// and its `events` claim must list the name.
 ///
 /// # Errors
 ///
-/// Returns [`ApiError::InvalidPath`] when the segment does not decode to
-/// UTF-8, and [`ApiError::Unavailable`] when storage fails.
-pub async fn collection(broker: &Broker, segment: &str) -> Result<Bytes, ApiError> {
+/// Returns [`ApiError::Auth`] for a missing or rejected token or a name
+/// outside its claim, [`ApiError::InvalidPath`] when the segment does not
+/// decode to UTF-8, and [`ApiError::Unavailable`] when storage fails.
+pub async fn collection(
+    broker: &Broker,
+    segment: &str,
+    query: Option<&str>,
+    credentials: Credentials<'_>,
+) -> Result<Bytes, ApiError> {
+    let secret = broker.config().subscriber_secret.as_ref();
+    let grant = auth::authorize(secret, Role::Subscriber, credentials, query)?;
     let event = decode_segment(segment)?;
+    grant.check(Role::Subscriber, &event)?;
     let records = broker.collection(&event).await?;
     Ok(to_json(&records))
 }
@@ -437,12 +482,22 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// Returns the CORS headers for a response to a request from `origin`.
+///
+/// With a list of origins, a listed origin also gets
+/// `Access-Control-Allow-Credentials: true`, so that pages may send the
+/// token cookie or an `Authorization` header with `credentials: "include"`.
+/// Browsers ignore that header with `*`, so it is never sent then.
 pub fn cors_headers(origins: &AllowedOrigins, origin: Option<&str>) -> Vec<(&'static str, String)> {
-    let mut headers = Vec::with_capacity(3);
+    let mut headers = Vec::with_capacity(4);
     if let Some(allowed) = origins.allow(origin) {
         headers.push(("access-control-allow-origin", allowed.to_owned()));
-        // Lets fetch-based SSE clients read how their stream resumed.
-        headers.push(("access-control-expose-headers", RESUME_HEADER.to_owned()));
+        // Lets fetch-based SSE clients read how their stream resumed, and
+        // pages read the challenge of a `401`.
+        let exposed = format!("{RESUME_HEADER}, www-authenticate");
+        headers.push(("access-control-expose-headers", exposed));
+        if let AllowedOrigins::List(_) = origins {
+            headers.push(("access-control-allow-credentials", "true".to_owned()));
+        }
     }
     if let AllowedOrigins::List(_) = origins {
         // The header depends on the request's origin, so caches must key on it.

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::auth::Secret;
+
 /// Default folder for the database, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./tmp";
 
@@ -62,6 +64,12 @@ pub struct Config {
     /// is closed, counted from the connection's start or from the end of its
     /// previous response.
     pub header_timeout: Duration,
+    /// Secret that verifies publisher tokens on `POST /insert`; `None`
+    /// leaves publishing open. See [`auth`](crate::auth).
+    pub publisher_secret: Option<Secret>,
+    /// Secret that verifies subscriber tokens on `GET /events` and
+    /// `GET /collection/{event}`; `None` leaves subscribing open.
+    pub subscriber_secret: Option<Secret>,
     /// Storage backend that [`Broker::open`](crate::Broker::open) opens.
     #[cfg(any(feature = "redb", feature = "sled"))]
     pub storage: crate::backends::StorageKind,
@@ -78,6 +86,8 @@ impl Default for Config {
             retry: DEFAULT_RETRY,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            publisher_secret: None,
+            subscriber_secret: None,
             #[cfg(any(feature = "redb", feature = "sled"))]
             storage: crate::backends::StorageKind::default(),
         }
@@ -131,6 +141,21 @@ impl Config {
     /// Sets the time a client has to send a request's headers.
     pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
+        self
+    }
+
+    /// Requires publishers to send a token signed with `secret`.
+    ///
+    /// Use a different secret from the subscriber one, so that subscriber
+    /// tokens cannot publish.
+    pub fn with_publisher_secret(mut self, secret: Secret) -> Self {
+        self.publisher_secret = Some(secret);
+        self
+    }
+
+    /// Requires subscribers to send a token signed with `secret`.
+    pub fn with_subscriber_secret(mut self, secret: Secret) -> Self {
+        self.subscriber_secret = Some(secret);
         self
     }
 

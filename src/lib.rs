@@ -12,6 +12,8 @@
 //! - [`Broker`]: the cloneable handle; [`Broker::open`] starts one and
 //!   [`Broker::serve`] serves it over HTTP.
 //! - [`Config`]: settings and their defaults.
+//! - [`auth`]: optional publisher and subscriber tokens (HS256 JWTs) and the
+//!   [`Secret`] that verifies them.
 //! - [`NewEvent`], [`Record`], [`Publication`]: the event model and validation.
 //! - [`Storage`]: the contract a storage backend implements; [`backends`]
 //!   contains one module per storage feature.
@@ -98,6 +100,7 @@
 #[cfg(any(feature = "tokio-axum", feature = "async-std-tide"))]
 mod accept;
 pub mod api;
+pub mod auth;
 mod broker;
 pub mod config;
 pub mod connection;
@@ -119,6 +122,7 @@ pub mod tokio_axum;
 #[path = "../runtimes/async_std_tide.rs"]
 pub mod async_std_tide;
 
+pub use crate::auth::Secret;
 pub use crate::broker::{Broker, SubscribeOptions, Subscription};
 pub use crate::config::{AllowedOrigins, Config};
 pub use crate::error::{Error, InsertError, StorageError, MAX_EVENT_LEN, MAX_TIMESTAMP};

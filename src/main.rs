@@ -12,6 +12,7 @@ compile_error!(
 );
 
 use std::error::Error as StdError;
+use std::ffi::OsStr;
 use std::fmt;
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use broker::config::{DEFAULT_BODY_LIMIT, DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE_CAPACITY};
-use broker::{AllowedOrigins, Broker, Config, StorageKind};
+use broker::{AllowedOrigins, Broker, Config, Secret, StorageKind};
 use clap::{Parser, ValueEnum};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -86,6 +87,18 @@ struct Args {
     /// Async runtime and HTTP server.
     #[arg(long, env = "BROKER_RUNTIME", value_enum, default_value_t)]
     runtime: RuntimeChoice,
+
+    /// HS256 secret (at least 32 bytes) that POST /insert tokens must be
+    /// signed with; unset, anyone can publish. Prefer the environment
+    /// variable: other users can read command lines.
+    #[arg(long, env = "BROKER_PUBLISHER_SECRET", hide_env_values = true, value_parser = SecretParser)]
+    publisher_secret: Option<Secret>,
+
+    /// HS256 secret (at least 32 bytes) that GET /events and
+    /// GET /collection tokens must be signed with; unset, anyone can
+    /// subscribe. Prefer the environment variable.
+    #[arg(long, env = "BROKER_SUBSCRIBER_SECRET", hide_env_values = true, value_parser = SecretParser)]
+    subscriber_secret: Option<Secret>,
 }
 
 /// Storage backends compiled into this binary.
@@ -179,7 +192,9 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         .with_max_connections(args.max_connections)
         .with_header_timeout(args.header_timeout)
         .with_storage(args.storage.kind());
+    let config = with_secrets(config, &args);
     let broker = Broker::open(config).await?;
+    log_access(broker.config());
 
     let data_dir = std::fs::canonicalize(&args.data_dir).unwrap_or(args.data_dir);
     info!(
@@ -226,6 +241,40 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
+fn with_secrets(mut config: Config, args: &Args) -> Config {
+    if let Some(secret) = &args.publisher_secret {
+        config = config.with_publisher_secret(secret.clone());
+    }
+    if let Some(secret) = &args.subscriber_secret {
+        config = config.with_subscriber_secret(secret.clone());
+    }
+    config
+}
+
+/// Logs who may publish and subscribe, without the secrets.
+fn log_access(config: &Config) {
+    match &config.publisher_secret {
+        Some(_) => info!("publishing requires a token signed with BROKER_PUBLISHER_SECRET"),
+        None => warn!(
+            "publishing is open: anyone who can reach the server can POST /insert; \
+             set BROKER_PUBLISHER_SECRET (or --publisher-secret) to require a token"
+        ),
+    }
+    match &config.subscriber_secret {
+        Some(_) => info!("subscribing requires a token signed with BROKER_SUBSCRIBER_SECRET"),
+        None => info!(
+            "subscribing is open: anyone who can reach the server can read events; \
+             set BROKER_SUBSCRIBER_SECRET (or --subscriber-secret) to require a token"
+        ),
+    }
+    if config.publisher_secret.is_some() && config.publisher_secret == config.subscriber_secret {
+        warn!(
+            "the publisher and subscriber secrets are the same, so subscriber tokens can \
+             publish; set different secrets"
+        );
+    }
+}
+
 /// Returns a future that completes on the first SIGINT (Ctrl-C) or SIGTERM.
 /// A second signal exits at once.
 ///
@@ -268,6 +317,33 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
 #[cfg(not(unix))]
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     Ok(std::future::pending())
+}
+
+/// Parses a [`Secret`] with an error message that leaves out the value,
+/// which clap's own value errors would print.
+#[derive(Debug, Clone, Copy)]
+struct SecretParser;
+
+impl clap::builder::TypedValueParser for SecretParser {
+    type Value = Secret;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Secret, clap::Error> {
+        let name = arg.map(ToString::to_string).unwrap_or_default();
+        let invalid = |reason: String| {
+            let message = format!("invalid value for '{name}': {reason}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid("the secret is not UTF-8".to_owned()))?;
+        text.parse()
+            .map_err(|error: broker::auth::InvalidSecret| invalid(error.to_string()))
+    }
 }
 
 fn parse_positive(text: &str) -> Result<usize, String> {

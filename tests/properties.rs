@@ -331,6 +331,7 @@ fn lone_surrogate_in_data_rejected() {
 /// the API handlers on a broker of each compiled-in storage kind.
 #[cfg(any(feature = "redb", feature = "sled"))]
 mod requests {
+    use broker::auth::Credentials;
     use broker::{api, Broker, Config, NewEvent, StorageKind};
     use futures_lite::future::block_on;
     use proptest::prelude::*;
@@ -393,14 +394,16 @@ mod requests {
                 proptest::option::of("[0-9a-z +-]{0,22}"),
             );
             let result = runner.run(&inputs, |(segment, query, last_event_id)| {
-                match block_on(api::collection(&broker, &segment)) {
+                let open = Credentials::default();
+                match block_on(api::collection(&broker, &segment, None, open)) {
                     Ok(body) => {
                         let records: Value = serde_json::from_slice(&body).unwrap();
                         prop_assert!(records.is_array(), "{records}");
                     }
                     Err(error) => prop_assert_eq!(error.code(), "invalid_path", "{}", error),
                 }
-                let events = api::events(&broker, Some(&query), last_event_id.as_deref(), None);
+                let last_event_id = last_event_id.as_deref();
+                let events = api::events(&broker, Some(&query), last_event_id, open, None);
                 if let Err(error) = block_on(events) {
                     let code = error.code();
                     prop_assert!(

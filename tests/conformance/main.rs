@@ -3,7 +3,7 @@
 //! Every case starts its own `broker` process on 127.0.0.1 with a free port and
 //! a fresh temporary data folder, and talks to it over HTTP and SSE only. The
 //! cases check the public contract: inserts, validation, publication order and
-//! timing, history, CORS, and what survives a restart or `kill -9`.
+//! timing, history, CORS, tokens, and what survives a restart or `kill -9`.
 //!
 //! Layout:
 //! - `harness`: the server process, HTTP helpers and clock helpers.
@@ -107,6 +107,16 @@ macro_rules! conformance {
                     pending_fires_after_restart => restart::pending_fires_after_restart,
                     overdue_fires_on_start => restart::overdue_fires_on_start,
                     created_survives_sigkill => restart::created_survives_sigkill,
+
+                    auth_unsigned_insert_rejected => auth::unsigned_insert_rejected,
+                    auth_signed_insert_accepted => auth::signed_insert_accepted,
+                    auth_bad_tokens_rejected => auth::bad_tokens_rejected,
+                    auth_publisher_claim_limits => auth::publisher_claim_limits,
+                    auth_subscriber_token_required => auth::subscriber_token_required,
+                    auth_subscriber_token_sources => auth::subscriber_token_sources,
+                    auth_subscriber_claim_filters => auth::subscriber_claim_filters,
+                    auth_open_publishing_warning => auth::open_publishing_warning,
+                    auth_cors_credentials => auth::cors_credentials,
 
                     resume_after_id => resume::resume_after_id,
                     resume_query_param => resume::resume_query_param,

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::sse::SseEvent;
 
+pub(crate) mod auth;
 pub(crate) mod collection;
 pub(crate) mod config;
 pub(crate) mod connections;
