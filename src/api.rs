@@ -110,8 +110,9 @@ pub enum ApiError {
         origin: String,
     },
 
-    /// The broker cannot serve the request now: `503`.
-    #[error("the broker is unavailable: {0}")]
+    /// The broker cannot serve the request now: `503`. The message carries
+    /// the cause, such as the I/O error of a failed write.
+    #[error("the broker is unavailable: {}", with_causes(.0))]
     Unavailable(#[source] Error),
 }
 
@@ -147,6 +148,7 @@ impl ApiError {
             Self::InvalidFilter { .. } => "invalid_filter",
             Self::OriginNotAllowed { .. } => "origin_not_allowed",
             Self::Unavailable(Error::ShuttingDown) => "shutting_down",
+            Self::Unavailable(Error::Storage(_)) => "storage_unavailable",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -176,6 +178,22 @@ impl ApiError {
             .expect("an error body serializes")
             .into()
     }
+}
+
+/// Formats `error` followed by its causes, for a storage failure such as
+/// "storage append failed: File too large (os error 27); retry later".
+fn with_causes(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if matches!(error, Error::Storage(_)) {
+        text.push_str("; retry later");
+    }
+    text
 }
 
 impl From<Error> for ApiError {

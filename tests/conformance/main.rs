@@ -104,6 +104,10 @@ macro_rules! conformance {
                     overdue_fires_on_start => restart::overdue_fires_on_start,
                     created_survives_sigkill => restart::created_survives_sigkill,
 
+                    sigkill_under_load => crash::sigkill_under_load,
+                    disk_full_recovers => crash::disk_full_recovers,
+                    unreadable_data_dir => crash::unreadable_data_dir,
+
                     resume_after_id => resume::resume_after_id,
                     resume_query_param => resume::resume_query_param,
                     resume_invalid_id => resume::resume_invalid_id,

@@ -12,6 +12,7 @@ use crate::sse::SseEvent;
 pub(crate) mod collection;
 pub(crate) mod config;
 pub(crate) mod cors;
+pub(crate) mod crash;
 pub(crate) mod delivery;
 pub(crate) mod insert;
 pub(crate) mod restart;
