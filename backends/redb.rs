@@ -5,8 +5,14 @@
 //! with redb's default immediate durability, so an `Ok` has reached the disk.
 //! The core batches concurrent inserts into one append, which makes that one
 //! sync for many inserts.
+//!
+//! After an I/O error redb (5.0) rejects every later transaction with
+//! `PreviousIo` until the file is opened again. So a failed append closes
+//! the database, and [`Storage::reopen`] opens it again, which also runs
+//! redb's repair of the file.
 
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use super::codec::{decode, encode};
 use crate::error::StorageError;
@@ -42,7 +48,9 @@ const FORMAT_VERSION: u64 = 1;
 /// A [`Storage`] backed by a redb database file.
 #[derive(Debug)]
 pub struct RedbStorage {
-    db: Database,
+    /// The open database, or `None` from a failed append until a
+    /// successful [`Storage::reopen`].
+    db: RwLock<Option<Database>>,
     path: PathBuf,
 }
 
@@ -56,67 +64,110 @@ impl RedbStorage {
     /// example because another process has it open) or has another layout.
     pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
         let path = data_dir.join(FILE_NAME);
-        let open_failed = |source: ::redb::Error| StorageError::Open {
-            path: path.clone(),
-            source: source.into(),
-        };
-
-        let db = Database::builder()
-            .set_cache_size(CACHE_SIZE)
-            .create(&path)
-            .map_err(|error| match error {
-                ::redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Open {
-                    path: path.clone(),
-                    source: "another process has the database open; stop it or choose \
-                             another data folder"
-                        .into(),
-                },
-                other => open_failed(other.into()),
-            })?;
-        let txn = db.begin_write().map_err(|e| open_failed(e.into()))?;
-        {
-            txn.open_table(RECORDS).map_err(|e| open_failed(e.into()))?;
-            txn.open_table(BY_EVENT)
-                .map_err(|e| open_failed(e.into()))?;
-            txn.open_table(PENDING).map_err(|e| open_failed(e.into()))?;
-            txn.open_table(PUBLICATIONS)
-                .map_err(|e| open_failed(e.into()))?;
-            txn.open_table(CURRENT).map_err(|e| open_failed(e.into()))?;
-
-            let mut meta = txn.open_table(META).map_err(|e| open_failed(e.into()))?;
-            let format = meta.get("format").map_err(|e| open_failed(e.into()))?;
-            match format.map(|guard| guard.value()) {
-                None => {
-                    meta.insert("format", FORMAT_VERSION)
-                        .map_err(|e| open_failed(e.into()))?;
-                }
-                Some(FORMAT_VERSION) => {}
-                Some(other) => {
-                    return Err(StorageError::Open {
-                        path,
-                        source: format!(
-                            "the file has layout version {other}, but this build reads version \
-                             {FORMAT_VERSION}; use a matching Broker version or another data folder"
-                        )
-                        .into(),
-                    })
-                }
-            }
-        }
-        txn.commit().map_err(|e| open_failed(e.into()))?;
-        Ok(Self { db, path })
+        let db = open_database(&path)?;
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            path,
+        })
     }
 
     /// Returns the path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Returns the open database, or [`StorageError::Closed`] after a failed append.
+    fn database(&self) -> Result<DatabaseGuard<'_>, StorageError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(StorageError::Closed {
+                path: self.path.clone(),
+            });
+        }
+        Ok(DatabaseGuard(guard))
+    }
+
+    /// Closes the database after a failed write, so that the next
+    /// [`Storage::reopen`] can open the file again.
+    fn close(&self) {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // Dropping a database after an I/O error writes nothing and leaves
+        // the file for the next open to repair.
+        *db = None;
+    }
+}
+
+/// Read access to the open database.
+struct DatabaseGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DatabaseGuard<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked in RedbStorage::database")
+    }
+}
+
+/// Opens or creates the database file at `path` and its tables.
+fn open_database(path: &Path) -> Result<Database, StorageError> {
+    let open_failed = |source: ::redb::Error| StorageError::Open {
+        path: path.to_path_buf(),
+        source: source.into(),
+    };
+
+    let db = Database::builder()
+        .set_cache_size(CACHE_SIZE)
+        .create(path)
+        .map_err(|error| match error {
+            ::redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Open {
+                path: path.to_path_buf(),
+                source: "another process has the database open; stop it or choose \
+                         another data folder"
+                    .into(),
+            },
+            other => open_failed(other.into()),
+        })?;
+    let txn = db.begin_write().map_err(|e| open_failed(e.into()))?;
+    {
+        txn.open_table(RECORDS).map_err(|e| open_failed(e.into()))?;
+        txn.open_table(BY_EVENT)
+            .map_err(|e| open_failed(e.into()))?;
+        txn.open_table(PENDING).map_err(|e| open_failed(e.into()))?;
+        txn.open_table(PUBLICATIONS)
+            .map_err(|e| open_failed(e.into()))?;
+        txn.open_table(CURRENT).map_err(|e| open_failed(e.into()))?;
+
+        let mut meta = txn.open_table(META).map_err(|e| open_failed(e.into()))?;
+        let format = meta.get("format").map_err(|e| open_failed(e.into()))?;
+        match format.map(|guard| guard.value()) {
+            None => {
+                meta.insert("format", FORMAT_VERSION)
+                    .map_err(|e| open_failed(e.into()))?;
+            }
+            Some(FORMAT_VERSION) => {}
+            Some(other) => {
+                return Err(StorageError::Open {
+                    path: path.to_path_buf(),
+                    source: format!(
+                        "the file has layout version {other}, but this build reads version \
+                         {FORMAT_VERSION}; use a matching Broker version or another data folder"
+                    )
+                    .into(),
+                })
+            }
+        }
+    }
+    txn.commit().map_err(|e| open_failed(e.into()))?;
+    Ok(db)
 }
 
 impl Storage for RedbStorage {
     fn append(&self, versions: &[Version], now: u64) -> Result<Appended, StorageError> {
-        self.try_append(versions, now)
-            .map_err(|failure| failure.during("append"))
+        let appended = self.try_append(versions, now);
+        if let Err(Failure::Backend(_)) = appended {
+            self.close();
+        }
+        appended.map_err(|failure| failure.during("append"))
     }
 
     fn current(&self) -> Result<Vec<Publication>, StorageError> {
@@ -137,11 +188,19 @@ impl Storage for RedbStorage {
         self.try_collection(event)
             .map_err(|failure| failure.during("collection"))
     }
+
+    fn reopen(&self) -> Result<(), StorageError> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if db.is_none() {
+            *db = Some(open_database(&self.path)?);
+        }
+        Ok(())
+    }
 }
 
 impl RedbStorage {
     fn try_append(&self, versions: &[Version], now: u64) -> Result<Appended, Failure> {
-        let txn = self.db.begin_write()?;
+        let txn = self.database()?.begin_write()?;
         let appended = {
             let mut records = txn.open_table(RECORDS)?;
             let mut by_event = txn.open_table(BY_EVENT)?;
@@ -204,7 +263,7 @@ impl RedbStorage {
     }
 
     fn try_current(&self) -> Result<Vec<Publication>, Failure> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let publications = txn.open_table(PUBLICATIONS)?;
         let current = txn.open_table(CURRENT)?;
@@ -234,7 +293,7 @@ impl RedbStorage {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Publication>, Failure> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let publications = txn.open_table(PUBLICATIONS)?;
 
@@ -253,7 +312,7 @@ impl RedbStorage {
     }
 
     fn try_collection(&self, event: &str) -> Result<Vec<Record>, Failure> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let by_event = txn.open_table(BY_EVENT)?;
         let pending = txn.open_table(PENDING)?;

@@ -9,7 +9,18 @@
 //!
 //! sled applies a batch atomically for each single read, but a read that
 //! takes several steps (a scan, then lookups) could see a batch half way.
-//! A reader-writer lock keeps multi-step reads and batches apart.
+//! A reader-writer lock keeps multi-step reads and appends apart. An append
+//! holds it until its flush returns, so no read sees a batch before it is
+//! durable.
+//!
+//! When a flush fails, the batch stays in sled's memory, and sled rejects
+//! every later flush. So a failed append closes the database while it
+//! still holds the lock, which drops the batch unread, and
+//! [`Storage::reopen`] opens it again from what is on disk.
+//!
+//! NOTE: if the log write succeeded and only the sync failed, the reopened
+//! database may still contain the batch whose append returned an error.
+//! The conformance suite tests only writes that fail outright (`EFBIG`).
 //!
 //! NOTE: sled 0.34's README calls it beta and warns that its on-disk format
 //! will change before 1.0 in ways that need a manual migration. redb is the
@@ -48,12 +59,19 @@ const FORMAT_VERSION: u64 = 1;
 /// A [`Storage`] backed by a sled database.
 #[derive(Debug)]
 pub struct SledStorage {
+    /// The open database, or `None` from a failed append until a
+    /// successful [`Storage::reopen`]. Held for writing by an append from
+    /// before its batch is applied until its flush returns, and for reading
+    /// by every read.
+    state: RwLock<Option<SledDb>>,
+    path: PathBuf,
+}
+
+/// An open sled database and the tree that holds the log.
+#[derive(Debug)]
+struct SledDb {
     db: Db,
     tree: Tree,
-    path: PathBuf,
-    /// Held for writing while a batch is applied, and for reading by reads
-    /// of more than one key.
-    consistency: RwLock<()>,
 }
 
 impl SledStorage {
@@ -65,12 +83,41 @@ impl SledStorage {
     /// (for example because another process has it open) or has another layout.
     pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
         let path = data_dir.join(DIR_NAME);
+        let db = SledDb::open(&path)?;
+        Ok(Self {
+            state: RwLock::new(Some(db)),
+            path,
+        })
+    }
+
+    /// Returns the path of the database folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `read` on the open database under the read lock.
+    fn read<T>(
+        &self,
+        operation: &'static str,
+        read: impl FnOnce(&SledDb) -> Result<T, Failure>,
+    ) -> Result<T, StorageError> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let db = state.as_ref().ok_or_else(|| StorageError::Closed {
+            path: self.path.clone(),
+        })?;
+        read(db).map_err(|failure| failure.during(operation))
+    }
+}
+
+impl SledDb {
+    /// Opens or creates the sled database in the folder `path`.
+    fn open(path: &Path) -> Result<Self, StorageError> {
         let open_failed = |source: ::sled::Error| StorageError::Open {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source: source.into(),
         };
 
-        let db = ::sled::open(&path).map_err(open_failed)?;
+        let db = ::sled::open(path).map_err(open_failed)?;
         let tree = db.open_tree("broker").map_err(open_failed)?;
         match tree.get(META_FORMAT).map_err(open_failed)? {
             None => {
@@ -81,7 +128,7 @@ impl SledStorage {
             Some(format) if read_u64(&format) == Some(FORMAT_VERSION) => {}
             Some(format) => {
                 return Err(StorageError::Open {
-                    path,
+                    path: path.to_path_buf(),
                     source: format!(
                         "the database has layout version {:?}, but this build reads version \
                          {FORMAT_VERSION}; use a matching Broker version or another data folder",
@@ -91,22 +138,12 @@ impl SledStorage {
                 })
             }
         }
-        Ok(Self {
-            db,
-            tree,
-            path,
-            consistency: RwLock::new(()),
-        })
+        Ok(Self { db, tree })
     }
 
-    /// Returns the path of the database folder.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
+    /// Appends under the caller's write lock. The caller closes the
+    /// database when this fails.
     fn try_append(&self, versions: &[Version], now: u64) -> Result<Appended, Failure> {
-        // The core is the only writer, so what is read here cannot change
-        // before the batch below is applied.
         let first_id = self.last_id(RECORD)? + 1;
         let mut batch = Batch::default();
 
@@ -171,10 +208,7 @@ impl SledStorage {
             });
         }
 
-        {
-            let _writing = self.consistency.write().unwrap_or_else(|e| e.into_inner());
-            self.tree.apply_batch(batch)?;
-        }
+        self.tree.apply_batch(batch)?;
         self.tree.flush()?;
 
         let next_due = self.next_due()?;
@@ -186,7 +220,6 @@ impl SledStorage {
     }
 
     fn try_current(&self) -> Result<Vec<Publication>, Failure> {
-        let _reading = self.consistency.read().unwrap_or_else(|e| e.into_inner());
         let mut latest = Vec::new();
         for entry in self.tree.scan_prefix([CURRENT]) {
             let (_, publication_id) = entry?;
@@ -217,7 +250,6 @@ impl SledStorage {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Publication>, Failure> {
-        let _reading = self.consistency.read().unwrap_or_else(|e| e.into_inner());
         let mut page = Vec::new();
         let Some(first) = after.checked_add(1) else {
             return Ok(page);
@@ -242,7 +274,6 @@ impl SledStorage {
     }
 
     fn try_collection(&self, event: &str) -> Result<Vec<Record>, Failure> {
-        let _reading = self.consistency.read().unwrap_or_else(|e| e.into_inner());
         let mut prefix = key(BY_EVENT, event.as_bytes());
         prefix.push(0);
 
@@ -298,13 +329,21 @@ impl SledStorage {
 
 impl Storage for SledStorage {
     fn append(&self, versions: &[Version], now: u64) -> Result<Appended, StorageError> {
-        self.try_append(versions, now)
-            .map_err(|failure| failure.during("append"))
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let db = state.as_ref().ok_or_else(|| StorageError::Closed {
+            path: self.path.clone(),
+        })?;
+        let appended = db.try_append(versions, now);
+        if let Err(Failure::Backend(_)) = appended {
+            // The batch may be applied in memory but not on disk: drop it
+            // before any read can see it.
+            *state = None;
+        }
+        appended.map_err(|failure| failure.during("append"))
     }
 
     fn current(&self) -> Result<Vec<Publication>, StorageError> {
-        self.try_current()
-            .map_err(|failure| failure.during("current"))
+        self.read("current", SledDb::try_current)
     }
 
     fn publications_after(
@@ -312,22 +351,31 @@ impl Storage for SledStorage {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Publication>, StorageError> {
-        self.try_publications_after(after, limit)
-            .map_err(|failure| failure.during("publications_after"))
+        self.read("publications_after", |db| {
+            db.try_publications_after(after, limit)
+        })
     }
 
     fn collection(&self, event: &str) -> Result<Vec<Record>, StorageError> {
-        self.try_collection(event)
-            .map_err(|failure| failure.during("collection"))
+        self.read("collection", |db| db.try_collection(event))
+    }
+
+    fn reopen(&self) -> Result<(), StorageError> {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if state.is_none() {
+            *state = Some(SledDb::open(&self.path)?);
+        }
+        Ok(())
     }
 }
 
-impl Drop for SledStorage {
+impl Drop for SledDb {
     fn drop(&mut self) {
         // Every append already flushed; this covers the format marker and
-        // anything sled keeps for itself.
+        // anything sled keeps for itself. After a failed flush this fails
+        // too, and what it would write is dropped.
         if let Err(error) = self.db.flush() {
-            tracing::error!(%error, path = %self.path.display(), "failed to flush sled on close");
+            tracing::error!(%error, "failed to flush sled on close");
         }
     }
 }

@@ -124,8 +124,9 @@ pub enum ApiError {
         limit: usize,
     },
 
-    /// The broker cannot serve the request now: `503`.
-    #[error("the broker is unavailable: {0}")]
+    /// The broker cannot serve the request now: `503`. The message carries
+    /// the cause, such as the I/O error of a failed write.
+    #[error("the broker is unavailable: {}", with_causes(.0))]
     Unavailable(#[source] Error),
 }
 
@@ -164,6 +165,7 @@ impl ApiError {
             Self::OriginNotAllowed { .. } => "origin_not_allowed",
             Self::TooManyConnections { .. } => "too_many_connections",
             Self::Unavailable(Error::ShuttingDown) => "shutting_down",
+            Self::Unavailable(Error::Storage(_)) => "storage_unavailable",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -209,6 +211,22 @@ impl ApiError {
             _ => Vec::new(),
         }
     }
+}
+
+/// Formats `error` followed by its causes, for a storage failure such as
+/// "storage append failed: File too large (os error 27); retry later".
+fn with_causes(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if matches!(error, Error::Storage(_)) {
+        text.push_str("; retry later");
+    }
+    text
 }
 
 impl From<Error> for ApiError {

@@ -4,8 +4,8 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread;
 
@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::connection::{Connection, Connections};
-use crate::core::{self, Command, Core, Start};
+use crate::core::{self, Command, Core, Start, StorageFailure};
 use crate::error::{Error, StorageError};
 use crate::event::{NewEvent, Publication, Record};
 use crate::sse;
@@ -43,8 +43,8 @@ struct Inner {
     commands: Sender<Command>,
     reads: Sender<ReadJob>,
     storage: Arc<dyn Storage>,
-    /// Cleared by the core while appends fail.
-    storage_ok: Arc<AtomicBool>,
+    /// The last failure, set by the core while appends fail.
+    storage_failure: StorageFailure,
     /// Client connections that the runtime serving this broker accepted.
     connections: Connections,
     /// Subscriptions not yet dropped.
@@ -115,8 +115,8 @@ impl Broker {
         let (commands, command_queue) = async_channel::unbounded();
         let (started, ready) = oneshot::channel();
         let queue_capacity = config.queue_capacity;
-        let storage_ok = Arc::new(AtomicBool::new(true));
-        let core_storage_ok = storage_ok.clone();
+        let storage_failure: StorageFailure = Arc::new(Mutex::new(None));
+        let core_storage_failure = storage_failure.clone();
 
         thread::Builder::new()
             .name("broker-core".into())
@@ -124,7 +124,7 @@ impl Broker {
                 let core = open().and_then(|storage| {
                     let core = Core::start(
                         storage.clone(),
-                        core_storage_ok,
+                        core_storage_failure,
                         command_queue,
                         queue_capacity,
                     )?;
@@ -162,7 +162,7 @@ impl Broker {
                 commands,
                 reads,
                 storage,
-                storage_ok,
+                storage_failure,
                 connections: Connections::new(config.max_connections),
                 subscriptions: Arc::new(AtomicUsize::new(0)),
                 config,
@@ -282,26 +282,30 @@ impl Broker {
             .map_err(Error::from)
     }
 
-    /// Checks that the core is running, that storage serves a read, and that
-    /// the last append succeeded.
+    /// Checks that the core is running, that the last append succeeded, and
+    /// that storage serves a read.
     ///
     /// # Errors
     ///
     /// Returns [`Error::Stopped`] when the broker has stopped, and
-    /// [`Error::Storage`] when a read fails or the last append failed.
+    /// [`Error::Storage`] with the failure when the last append failed or a
+    /// read fails.
     pub async fn health(&self) -> Result<(), Error> {
         if self.inner.commands.is_closed() {
             return Err(Error::Stopped);
         }
+        let failure = self
+            .inner
+            .storage_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(failure) = failure {
+            return Err(Error::Storage(failure));
+        }
         self.read(|storage| storage.publications_after(u64::MAX, 1))
             .await
             .map_err(|_| Error::Stopped)??;
-        if !self.inner.storage_ok.load(Ordering::Relaxed) {
-            return Err(Error::Storage(Arc::new(StorageError::backend(
-                "append",
-                "the last write failed; see the server log",
-            ))));
-        }
         Ok(())
     }
 

@@ -9,8 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_channel::{Receiver, Sender, TryRecvError};
 use bytes::Bytes;
 use futures_channel::oneshot;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::connection::Connection;
 use crate::error::{Error, StorageError};
@@ -33,9 +32,10 @@ const MAX_BATCH: usize = 1024;
 /// clock change delays a due event by at most this much.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-/// How long the core waits before it retries publishing after a storage
-/// failure. The wait doubles after each failure in a row, up to
-/// [`MAX_RETRY_DELAY`], so that a lasting failure is not logged every second.
+/// How long the core waits after a storage failure before it reopens the
+/// storage and writes again. The wait doubles after each failure in a row,
+/// up to [`MAX_RETRY_DELAY`], so that a lasting failure is not logged every
+/// second. Inserts that arrive during the wait are rejected without a write.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Maximum wait between retries after storage failures.
@@ -64,6 +64,10 @@ pub(crate) enum Command {
     /// End every stream and take no new subscribers.
     Close,
 }
+
+/// The last storage failure while storage is failing, `None` while it works.
+/// The core sets and clears it, and health checks read it.
+pub(crate) type StorageFailure = Arc<Mutex<Option<Arc<StorageError>>>>;
 
 /// A new subscriber's start and live queue, as the core hands them out.
 pub(crate) struct Subscriber {
@@ -95,8 +99,8 @@ struct Entry {
 /// The core's state. Lives on its own thread; see [`Core::run`].
 pub(crate) struct Core {
     storage: Arc<dyn Storage>,
-    /// Cleared while appends fail, for health checks.
-    storage_ok: Arc<AtomicBool>,
+    /// Set while appends fail, for health checks.
+    failure: StorageFailure,
     commands: Receiver<Command>,
     /// Live queues by subscriber id. Queues are unbounded channels whose
     /// length the core checks before each send, because a bounded
@@ -113,10 +117,12 @@ pub(crate) struct Core {
     last_publication: u64,
     /// Timestamp of the earliest pending version.
     next_due: Option<u64>,
-    /// Set after a failed append, to pace retries of due publications.
+    /// When to reopen the storage and write again, set while storage fails.
     retry_at: Option<Instant>,
     /// Wait before the next retry; grows while appends keep failing.
     retry_delay: Duration,
+    /// When the current run of storage failures began.
+    failing_since: Option<Instant>,
     closing: bool,
     waker: Waker,
 }
@@ -126,13 +132,13 @@ impl Core {
     /// broker was down.
     pub(crate) fn start(
         storage: Arc<dyn Storage>,
-        storage_ok: Arc<AtomicBool>,
+        failure: StorageFailure,
         commands: Receiver<Command>,
         queue_capacity: usize,
     ) -> Result<Self, StorageError> {
         let mut core = Self {
             storage,
-            storage_ok,
+            failure,
             commands,
             subscribers: HashMap::new(),
             next_subscriber: 1,
@@ -143,6 +149,7 @@ impl Core {
             next_due: None,
             retry_at: None,
             retry_delay: RETRY_DELAY,
+            failing_since: None,
             closing: false,
             waker: Waker::from(Arc::new(ThreadWaker(thread::current()))),
         };
@@ -181,10 +188,18 @@ impl Core {
                 }
             }
 
-            let due = self.next_due.is_some_and(|timestamp| timestamp <= now())
-                && self.retry_at.is_none_or(|at| at <= Instant::now());
-            if !inserts.is_empty() || due {
-                self.append(inserts);
+            match self.retry_at {
+                // Storage is failing and the retry is not due yet.
+                Some(at) if Instant::now() < at => self.reject(inserts),
+                // The retry is due: reopen and write, with or without
+                // inserts, so that storage recovers without traffic.
+                Some(_) => self.append(inserts),
+                None => {
+                    let due = self.next_due.is_some_and(|timestamp| timestamp <= now());
+                    if !inserts.is_empty() || due {
+                        self.append(inserts);
+                    }
+                }
             }
         }
         debug!("core stopped");
@@ -211,12 +226,20 @@ impl Core {
         }
     }
 
-    /// Appends a batch of inserts, publishes what is due and replies to each insert.
+    /// Appends a batch of inserts, publishes what is due and replies to each
+    /// insert. After a storage failure, reopens the storage first.
     fn append(&mut self, inserts: Vec<(Version, InsertReply)>) {
         let (versions, replies): (Vec<Version>, Vec<InsertReply>) = inserts.into_iter().unzip();
-        match self.storage.append(&versions, now()) {
+        let reopened = match self.retry_at {
+            Some(_) => self.storage.reopen(),
+            None => Ok(()),
+        };
+        match reopened.and_then(|()| self.storage.append(&versions, now())) {
             Ok(appended) => {
-                self.storage_ok.store(true, Ordering::Relaxed);
+                if let Some(since) = self.failing_since.take() {
+                    info!(failed_for = ?since.elapsed(), "storage recovered, writing again");
+                }
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.retry_at = None;
                 self.retry_delay = RETRY_DELAY;
                 self.next_due = appended.next_due;
@@ -234,16 +257,44 @@ impl Core {
                     source = ?std::error::Error::source(&failure),
                     inserts = versions.len(),
                     retry_in = ?self.retry_delay,
-                    "storage append failed"
+                    "storage write failed, rejecting inserts until the retry"
                 );
-                self.storage_ok.store(false, Ordering::Relaxed);
+                let failure = Arc::new(failure);
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure.clone());
+                self.failing_since.get_or_insert_with(Instant::now);
                 self.retry_at = Some(Instant::now() + self.retry_delay);
                 self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY_DELAY);
-                let failure = Arc::new(failure);
                 for reply in replies {
                     let _ = reply.send(Err(Error::Storage(failure.clone())));
                 }
             }
+        }
+    }
+
+    /// Rejects inserts without a write while storage is failing, with the
+    /// last failure.
+    fn reject(&mut self, inserts: Vec<(Version, InsertReply)>) {
+        if inserts.is_empty() {
+            return;
+        }
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let failure = failure.unwrap_or_else(|| {
+            Arc::new(StorageError::backend(
+                "append",
+                "an earlier write failed; see the server log",
+            ))
+        });
+        debug!(
+            inserts = inserts.len(),
+            retry_at = ?self.retry_at,
+            "storage is failing, rejected inserts without a write"
+        );
+        for (_, reply) in inserts {
+            let _ = reply.send(Err(Error::Storage(failure.clone())));
         }
     }
 
@@ -390,13 +441,13 @@ impl Core {
 
     /// Returns when the core must next wake without a command, if ever.
     fn deadline(&self) -> Option<Instant> {
+        // While storage fails, nothing is published before the retry.
+        if let Some(retry_at) = self.retry_at {
+            return Some(retry_at);
+        }
         let due = self.next_due?;
         let due_in = Duration::from_secs(due).saturating_sub(since_epoch());
-        let mut deadline = Instant::now() + due_in.min(MAX_SLEEP);
-        if let Some(retry_at) = self.retry_at {
-            deadline = deadline.max(retry_at);
-        }
-        Some(deadline)
+        Some(Instant::now() + due_in.min(MAX_SLEEP))
     }
 }
 

@@ -203,6 +203,16 @@ pub enum StorageError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The database was closed after a failed write and is not open again
+    /// yet. The broker reopens it when it retries the write.
+    #[error(
+        "the database {path} is closed after a failed write and is reopened at the next retry"
+    )]
+    Closed {
+        /// The database file or folder.
+        path: PathBuf,
+    },
+
     /// Stored bytes could not be decoded: the file was written by an
     /// incompatible version or is damaged.
     #[error("stored record {id} is unreadable: {reason}")]

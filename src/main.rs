@@ -167,7 +167,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            error!(error = %Chain(error.as_ref()), "broker stopped on an error");
+            match start_hint(error.as_ref()) {
+                Some(hint) => {
+                    error!(error = %Chain(error.as_ref()), hint, "broker stopped on an error")
+                }
+                None => error!(error = %Chain(error.as_ref()), "broker stopped on an error"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -181,6 +186,7 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
     let addr = listener.local_addr()?;
     let shutdown = shutdown_signal()?;
     raise_open_file_limit(args.max_connections);
+    survive_file_size_limit()?;
 
     let config = Config::default()
         .with_data_dir(&args.data_dir)
@@ -313,6 +319,34 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     })
 }
 
+/// Makes writes past the file size limit (`RLIMIT_FSIZE`, as set by
+/// `ulimit -f` or `prlimit --fsize`) fail with `EFBIG` instead of killing the
+/// process.
+///
+/// The kernel sends SIGXFSZ along with each such `EFBIG`, and the default
+/// action of SIGXFSZ ends the process with a core dump. A limit is one way a
+/// disk fills up, and the broker handles that as a storage error: the insert
+/// gets `503`, nothing is stored, and the core retries and recovers once
+/// writes succeed again. The handler that signal-hook installs only sets a
+/// flag, which nothing reads, because the `EFBIG` already reports the failure.
+#[cfg(unix)]
+fn survive_file_size_limit() -> std::io::Result<()> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    Ok(())
+}
+
+/// Does nothing: only Unix has SIGXFSZ.
+#[cfg(not(unix))]
+fn survive_file_size_limit() -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Returns a future that never completes: stop the process to stop the server.
 #[cfg(not(unix))]
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
@@ -372,6 +406,23 @@ fn value_name(choice: impl ValueEnum) -> String {
         .to_possible_value()
         .map(|value| value.get_name().to_owned())
         .unwrap_or_default()
+}
+
+/// Returns what to do about a database that failed to open at start, for
+/// errors whose own message names no fix, such as a damaged file.
+fn start_hint(error: &(dyn StdError + 'static)) -> Option<&'static str> {
+    match error.downcast_ref::<broker::Error>() {
+        Some(broker::Error::Storage(storage))
+            if matches!(**storage, broker::StorageError::Open { .. }) =>
+        {
+            Some(
+                "check that the data folder holds a Broker database of this storage and \
+                 that no other process uses it; restore a damaged file from a backup, or \
+                 set BROKER_DATA_DIR to another folder",
+            )
+        }
+        _ => None,
+    }
 }
 
 /// Displays an error followed by its chain of causes.

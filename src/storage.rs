@@ -88,4 +88,22 @@ pub trait Storage: Send + Sync + 'static {
     ///
     /// Returns a [`StorageError`] when the read fails or a record is unreadable.
     fn collection(&self, event: &str) -> Result<Vec<Record>, StorageError>;
+
+    /// Reopens the database after a failed [`append`](Storage::append), so
+    /// that the next append starts from what is durable on disk.
+    ///
+    /// The core calls it before it retries a write that failed, at most once
+    /// per retry. An embedded database may keep a failed write in memory or
+    /// reject every later write after one I/O error. Such a backend closes
+    /// its database when an append fails and opens it again here, and until
+    /// then its reads may fail too. The default does nothing, for backends that
+    /// recover by themselves.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StorageError`] when the database cannot be opened yet,
+    /// for example while the disk is still full.
+    fn reopen(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }

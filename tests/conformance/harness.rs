@@ -321,13 +321,35 @@ impl Server {
         }
     }
 
-    /// Starts a new process on the same data folder, after SIGTERM if the old
-    /// one still runs. The new process listens on a new port.
+    /// Returns the process id of the running server.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is not running").id()
+    }
+
+    /// Sets the soft file size limit (`RLIMIT_FSIZE`) of the running server
+    /// to `bytes`, or removes it with `None`, with `prlimit` from util-linux.
+    /// Only the soft limit changes, because raising a hard limit again needs
+    /// `CAP_SYS_RESOURCE`, which a container's root may lack.
+    pub(crate) fn set_file_size_limit(&self, bytes: Option<u64>) {
+        let soft = bytes.map_or_else(|| "unlimited".to_owned(), |bytes| bytes.to_string());
+        let output = Command::new("prlimit")
+            .arg("--pid")
+            .arg(self.pid().to_string())
+            .arg(format!("--fsize={soft}:"))
+            .output()
+            .expect("failed to run `prlimit`; it comes with util-linux");
+        assert!(
+            output.status.success(),
+            "`prlimit --pid {} --fsize={soft}:` failed: {}",
+            self.pid(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Runs the server once more on the same data folder with `overrides`
     /// added to its environment, expecting it to exit by itself within the
     /// start timeout. Returns its exit status and everything it printed.
     /// The server must be stopped first.
-    #[cfg(all(feature = "redb", feature = "sled"))]
     pub(crate) async fn run_to_exit(&mut self, overrides: &[(&str, &str)]) -> (ExitStatus, String) {
         assert!(self.child.is_none(), "stop the server before `run_to_exit`");
         let mut command = self.command();
@@ -371,6 +393,8 @@ impl Server {
         (status, printed)
     }
 
+    /// Starts a new process on the same data folder, after SIGTERM if the old
+    /// one still runs. The new process listens on a new port.
     pub(crate) async fn restart(&mut self) {
         if self.is_running() {
             self.terminate().await;

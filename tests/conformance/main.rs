@@ -118,6 +118,10 @@ macro_rules! conformance {
                     auth_open_publishing_warning => auth::open_publishing_warning,
                     auth_cors_credentials => auth::cors_credentials,
 
+                    sigkill_under_load => crash::sigkill_under_load,
+                    disk_full_recovers => crash::disk_full_recovers,
+                    unreadable_data_dir => crash::unreadable_data_dir,
+
                     resume_after_id => resume::resume_after_id,
                     resume_query_param => resume::resume_query_param,
                     resume_invalid_id => resume::resume_invalid_id,

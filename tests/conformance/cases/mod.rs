@@ -14,6 +14,7 @@ pub(crate) mod collection;
 pub(crate) mod config;
 pub(crate) mod connections;
 pub(crate) mod cors;
+pub(crate) mod crash;
 pub(crate) mod delivery;
 pub(crate) mod insert;
 pub(crate) mod restart;
