@@ -286,11 +286,13 @@ async fn health(request: Request<Broker>) -> tide::Result {
     })
 }
 
-/// Returns the last value of a request header as text.
+/// Returns the first value of a request header as text, as the axum
+/// runtime reads it, so that a repeated header means the same under both.
 fn header_text(request: &Request<Broker>, name: &str) -> Option<String> {
     request
         .header(name)
-        .map(|value| value.last().as_str().to_owned())
+        .and_then(|values| values.iter().next())
+        .map(|value| value.as_str().to_owned())
 }
 
 /// Returns the `Authorization` and `Cookie` headers, which may carry a token.

@@ -38,8 +38,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// second. Inserts that arrive during the wait are rejected without a write.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// Maximum wait between retries after storage failures.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// Maximum wait between retries after storage failures. Inserts are
+/// rejected until the retry, so the wait stays short.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
 /// A request to the core.
 pub(crate) enum Command {

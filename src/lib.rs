@@ -19,6 +19,9 @@
 //!   contains one module per storage feature.
 //! - [`api`] and [`sse`]: the HTTP API and SSE framing without a web
 //!   framework, shared by every runtime.
+//! - [`connection`]: the connection count behind
+//!   [`Config::max_connections`], and the switch that lets the core close a
+//!   subscriber's connection when it stops reading.
 //! - `tokio_axum` and `async_std_tide`: the API served by axum on tokio and
 //!   by tide on async-std, one module per runtime feature.
 //! - [`Error`], [`InsertError`], [`StorageError`]: what can fail.
