@@ -111,6 +111,10 @@ where
         }
     }
 
+    // Closing the listener makes new connections fail at once rather than
+    // wait in the backlog.
+    drop(listener);
+
     // End the streams, then give requests in flight time to finish.
     info!("shutting down: ending streams, finishing requests in flight");
     broker.close().await;

@@ -131,6 +131,9 @@ where
         });
     }
 
+    // Closing the listener makes new connections fail at once rather than
+    // wait in the backlog.
+    drop(listener);
     info!("shutting down: ending streams, finishing requests in flight");
     broker.close().await;
     // A client that stopped reading its stream would hold the graceful

@@ -295,14 +295,25 @@ impl Server {
         self.stop_with("INT").await
     }
 
-    async fn stop_with(&mut self, signal: &str) -> ExitStatus {
-        let mut child = self.child.take().expect("the server is not running");
+    /// Sends `signal` (a name such as `TERM`) without waiting for an exit.
+    pub(crate) fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server is not running");
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(child.id().to_string())
             .status()
             .expect("failed to run `kill`");
         assert!(status.success(), "`kill -{signal} {}` failed", child.id());
+    }
+
+    async fn stop_with(&mut self, signal: &str) -> ExitStatus {
+        self.signal(signal);
+        self.wait_exit().await
+    }
+
+    /// Waits for the child to exit, after a signal sent with [`Server::signal`].
+    pub(crate) async fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the server is not running");
 
         let deadline = Instant::now() + EXIT_TIMEOUT;
         loop {
@@ -313,7 +324,7 @@ impl Server {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "server did not exit within {EXIT_TIMEOUT:?} after SIG{signal}; output:\n{}",
+                    "server did not exit within {EXIT_TIMEOUT:?} after the signal; output:\n{}",
                     self.output()
                 );
             }

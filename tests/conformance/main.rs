@@ -104,6 +104,7 @@ macro_rules! conformance {
                     sigterm_closes_streams => restart::sigterm_closes_streams,
                     sigint_exits => restart::sigint_exits,
                     sigterm_with_stalled_reader => restart::sigterm_with_stalled_reader,
+                    sigterm_stops_accepting => restart::sigterm_stops_accepting,
                     pending_fires_after_restart => restart::pending_fires_after_restart,
                     overdue_fires_on_start => restart::overdue_fires_on_start,
                     created_survives_sigkill => restart::created_survives_sigkill,

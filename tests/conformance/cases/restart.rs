@@ -170,6 +170,39 @@ pub(crate) async fn sigterm_with_stalled_reader(pair: Pair) {
     drop(stalled);
 }
 
+/// Checks that after SIGTERM the server refuses new connections at once,
+/// although a stalled reader may hold its graceful shutdown open for a
+/// few seconds.
+pub(crate) async fn sigterm_stops_accepting(pair: Pair) {
+    let mut server = Server::start(pair).await;
+    let stalled = server.subscribe().await;
+    let padding = "x".repeat(100 * 1024);
+    for index in 0..200 {
+        server
+            .insert(&json!({ "event": "bulk", "data": { "index": index, "padding": padding } }))
+            .await;
+    }
+
+    server.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let refused = loop {
+        if tokio::net::TcpStream::connect(server.addr()).await.is_err() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refused,
+        "new connections should be refused within 1 s of SIGTERM"
+    );
+    drop(stalled);
+    let status = server.wait_exit().await;
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
 /// Checks that SIGINT makes the server exit although a subscriber is connected.
 pub(crate) async fn sigint_exits(pair: Pair) {
     let mut server = Server::start(pair).await;
