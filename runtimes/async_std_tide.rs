@@ -2,7 +2,8 @@
 //!
 //! This module only routes: request checks, error bodies, CORS and SSE
 //! framing come from the runtime-agnostic [`api`] and [`sse`](crate::sse)
-//! modules, so it responds exactly as the `tokio_axum` module does.
+//! modules, so it gives an API request the same status, JSON body and SSE
+//! framing as the `tokio_axum` module does.
 //!
 //! # Status of this leg
 //!
@@ -11,10 +12,12 @@
 //! either is in this module, behind the `async-std-tide` feature, so the rest
 //! of Broker does not depend on them. Prefer `tokio-axum` for new programs.
 //!
-//! async-h1, tide's HTTP server, speaks HTTP/1.1 only, and it reads a
-//! connection only between requests. This module watches each connection
-//! for a closed peer itself, so that a subscriber that goes away is dropped
-//! at once, as under axum.
+//! async-h1, tide's HTTP server, speaks HTTP/1.1 only. It closes the
+//! connection without a response on HTTP/1.0, on a request without `Host`
+//! and on a malformed request, where hyper under axum responds `400`. It
+//! reads a connection only between requests, so this module watches each
+//! connection for a closed peer itself, so that a subscriber that goes away
+//! is dropped at once, as under axum.
 
 use std::future::Future;
 use std::io;
@@ -37,7 +40,7 @@ use crate::api::{self, ApiError};
 use crate::auth::Credentials;
 use crate::connection::Connection;
 use crate::sse::KeepAlive;
-use crate::{Broker, Listen};
+use crate::{Broker, Config, Listen};
 
 /// How often a connection with unread request bytes is checked for a
 /// closed peer.
@@ -100,7 +103,7 @@ where
                     app: app.clone(),
                     connection,
                     in_flight: in_flight.clone(),
-                    header_timeout: broker.config().header_timeout,
+                    request_timeout: broker.config().request_timeout,
                 };
                 async_std::task::spawn(serving.run(stream));
             }
@@ -125,13 +128,13 @@ where
     Ok(())
 }
 
-/// What one connection's task needs to serve it.
+/// The state that one connection's task serves it with.
 struct Serving {
     app: tide::Server<Broker>,
     connection: Connection,
     /// Requests being handled on every connection, for the shutdown.
     in_flight: Arc<AtomicUsize>,
-    header_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl Serving {
@@ -153,12 +156,12 @@ impl Serving {
             Either::Left(((), _)) => {}
             Either::Right((Either::Left(((), _)), _)) => debug!("peer closed the connection"),
             Either::Right((Either::Right(((), _)), _)) => {
-                debug!("closed the connection of a subscriber that fell behind");
+                debug!("closed the connection at the broker's request");
             }
         }
     }
 
-    /// Reads and answers requests one after another, as async-h1 does,
+    /// Reads requests and writes responses one after another, as async-h1 does,
     /// with a deadline on each request's headers.
     ///
     /// async-h1 has a headers timeout of its own, fixed at 60 seconds, so a
@@ -181,7 +184,7 @@ impl Serving {
         loop {
             head_read.store(false, Ordering::Release);
             let head_timeout = async {
-                async_std::task::sleep(self.header_timeout).await;
+                async_std::task::sleep(self.request_timeout).await;
                 if head_read.load(Ordering::Acquire) {
                     future::pending::<()>().await;
                 }
@@ -195,7 +198,7 @@ impl Serving {
                     return;
                 }
                 Either::Right(((), _)) => {
-                    debug!(timeout = ?self.header_timeout, "no request headers in time, closing the connection");
+                    debug!(timeout = ?self.request_timeout, "no request headers in time, closing the connection");
                     return;
                 }
             }
@@ -225,9 +228,19 @@ async fn insert(mut request: Request<Broker>) -> tide::Result {
     let origin = header_text(&request, "origin");
     let (authorization, cookie) = token_headers(&request);
     let credentials = Credentials::new(authorization.as_deref(), cookie.as_deref());
-    let body = match read_body(&mut request, broker.config().body_limit).await {
+    let body = match read_body(&mut request, broker.config()).await {
         Ok(body) => body,
-        Err(error) => return Ok(error_response(error)),
+        Err(error) => {
+            // async-h1 reads the rest of an unread body after the response,
+            // which a stalled client, or one that announced a huge body,
+            // would hold up for good. Closing the connection ends it once
+            // the response is written, because the connection's task writes
+            // the response before it looks at the close request.
+            if let Some(connection) = request.ext::<Connection>() {
+                connection.close();
+            }
+            return Ok(error_response(error));
+        }
     };
     let content_type = content_type.as_deref();
     let inserted = api::insert(&broker, origin.as_deref(), credentials, content_type, &body).await;
@@ -305,21 +318,23 @@ fn token_headers(request: &Request<Broker>) -> (Option<String>, Option<String>) 
     (authorization, header_text(request, "cookie"))
 }
 
-/// Reads the request body, up to `limit` bytes.
-async fn read_body(request: &mut Request<Broker>, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the request body, up to the configured limit and within the
+/// request timeout. A `Content-Length` over the limit is rejected before
+/// any of the body is read.
+async fn read_body(request: &mut Request<Broker>, config: &Config) -> Result<Vec<u8>, ApiError> {
+    let limit = config.body_limit;
+    let timeout = config.request_timeout;
     if request.len().is_some_and(|length| length > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }
     let mut body = Vec::new();
-    let read = request
-        .take_body()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .await;
+    let mut reader = request.take_body().take(limit as u64 + 1);
+    let read = async_std::future::timeout(timeout, reader.read_to_end(&mut body)).await;
     match read {
-        Ok(_) if body.len() > limit => Err(ApiError::BodyTooLarge { limit }),
-        Ok(_) => Ok(body),
-        Err(error) => Err(ApiError::BodyUnreadable {
+        Err(_) => Err(ApiError::BodyTimeout { timeout }),
+        Ok(Ok(_)) if body.len() > limit => Err(ApiError::BodyTooLarge { limit }),
+        Ok(Ok(_)) => Ok(body),
+        Ok(Err(error)) => Err(ApiError::BodyUnreadable {
             reason: error.to_string(),
         }),
     }
@@ -343,10 +358,15 @@ fn cors<'a>(
             let headers = api::preflight_headers(origins, origin.as_deref());
             (Response::new(StatusCode::NoContent), headers)
         } else {
-            let response = match api::admit(&broker, request.ext::<Connection>()) {
+            let connection = request.ext::<Connection>();
+            let admitted = connection.is_none_or(Connection::is_admitted);
+            let mut response = match api::admit(&broker, connection, request.url().path()) {
                 Ok(()) => next.run(request).await,
                 Err(error) => error_response(error),
             };
+            if !admitted {
+                response.insert_header("connection", "close");
+            }
             (response, api::cors_headers(origins, origin.as_deref()))
         };
         for (name, value) in headers {

@@ -2,23 +2,26 @@
 //!
 //! This module only routes: request checks, error bodies, CORS and SSE
 //! framing come from the runtime-agnostic [`api`] and
-//! [`sse`](crate::sse) modules, so every runtime responds the same.
+//! [`sse`](crate::sse) modules, so every runtime gives an API request the
+//! same status, JSON body and SSE framing.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use bytes::BytesMut;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use hyper::body::Incoming;
@@ -39,7 +42,6 @@ use crate::{Broker, Listen};
 
 /// Builds the axum [`Router`] for the whole API, ready to nest or serve.
 pub fn router(broker: Broker) -> Router {
-    let body_limit = broker.config().body_limit;
     Router::new()
         .route("/insert", post(insert))
         .route("/events", get(events))
@@ -47,7 +49,6 @@ pub fn router(broker: Broker) -> Router {
         .route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(broker.clone(), cors))
         .with_state(broker)
 }
@@ -69,7 +70,7 @@ pub async fn serve(broker: Broker, listen: impl Into<Listen>) -> io::Result<()> 
 /// Each connection counts against
 /// [`Config::max_connections`](crate::Config::max_connections), must send
 /// each request's headers within
-/// [`Config::header_timeout`](crate::Config::header_timeout), and is closed
+/// [`Config::request_timeout`](crate::Config::request_timeout), and is closed
 /// at once when its subscriber falls behind.
 ///
 /// # Errors
@@ -89,7 +90,7 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(broker.config().header_timeout);
+        .header_read_timeout(broker.config().request_timeout);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -111,12 +112,24 @@ where
             debug!(%error, "failed to set TCP_NODELAY");
         }
         let connection = broker.connections().open();
-        let service = connection_service(app.clone(), connection.clone());
+        let requested = Arc::new(AtomicBool::new(false));
+        let service = connection_service(app.clone(), connection.clone(), requested.clone());
         let served = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let served = graceful.watch(served);
         debug!(%peer, admitted = connection.is_admitted(), "accepted a connection");
+
+        // hyper's header timer starts only after the first bytes show
+        // whether the client speaks HTTP/1 or HTTP/2, so a client that sends
+        // nothing gets this deadline instead.
+        let timeout = broker.config().request_timeout;
+        let first_request = async move {
+            tokio::time::sleep(timeout).await;
+            if requested.load(Ordering::Acquire) {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::spawn(async move {
             tokio::select! {
                 result = served => {
@@ -125,7 +138,10 @@ where
                     }
                 }
                 () = connection.closed() => {
-                    debug!(%peer, "closed the connection of a subscriber that fell behind");
+                    debug!(%peer, "closed the connection at the broker's request");
+                }
+                () = first_request => {
+                    debug!(%peer, ?timeout, "no request in time, closing the connection");
                 }
             }
         });
@@ -151,10 +167,12 @@ where
 }
 
 /// Returns the router as a hyper service that adds `connection` to each
-/// request's extensions, where the handlers find it.
+/// request's extensions, where the handlers find it, and sets `requested`
+/// once a request has arrived.
 fn connection_service(
     app: Router,
     connection: Connection,
+    requested: Arc<AtomicBool>,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
     Response = Response,
@@ -162,19 +180,16 @@ fn connection_service(
     Future = impl Future<Output = Result<Response, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        requested.store(true, Ordering::Release);
         request.extensions_mut().insert(connection.clone());
         app.clone().oneshot(request)
     })
 }
 
-async fn insert(
-    State(broker): State<Broker>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
+async fn insert(State(broker): State<Broker>, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(&broker, &headers, body).await {
         Ok(body) => body,
-        Err(rejection) => return body_rejection(&broker, rejection).into_response(),
+        Err(error) => return error.into_response(),
     };
     let content_type = header_text(&headers, header::CONTENT_TYPE);
     let origin = header_text(&headers, header::ORIGIN);
@@ -263,10 +278,16 @@ async fn cors(State(broker): State<Broker>, request: Request, next: Next) -> Res
         (StatusCode::NO_CONTENT.into_response(), headers)
     } else {
         let connection = request.extensions().get::<Connection>();
-        let response = match api::admit(&broker, connection) {
+        let admitted = connection.is_none_or(Connection::is_admitted);
+        let mut response = match api::admit(&broker, connection, request.uri().path()) {
             Ok(()) => next.run(request).await,
             Err(error) => error.into_response(),
         };
+        if !admitted {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         (response, api::cors_headers(origins, origin.as_deref()))
     };
     for (name, value) in headers {
@@ -293,16 +314,33 @@ fn credentials(headers: &HeaderMap) -> Credentials<'_> {
     Credentials::new(authorization, header_text(headers, header::COOKIE))
 }
 
-fn body_rejection(broker: &Broker, rejection: BytesRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::BodyTooLarge {
-            limit: broker.config().body_limit,
-        }
-    } else {
-        ApiError::BodyUnreadable {
-            reason: rejection.body_text(),
-        }
+/// Reads the request body, up to the configured limit and within the
+/// request timeout. A `Content-Length` over the limit is rejected before
+/// any of the body is read.
+async fn read_body(broker: &Broker, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = broker.config().body_limit;
+    let timeout = broker.config().request_timeout;
+    let declared = header_text(headers, header::CONTENT_LENGTH).and_then(|text| text.parse().ok());
+    if declared.is_some_and(|length: usize| length > limit) {
+        return Err(ApiError::BodyTooLarge { limit });
     }
+    let read = async {
+        let mut chunks = body.into_data_stream();
+        let mut body = BytesMut::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|error| ApiError::BodyUnreadable {
+                reason: error.to_string(),
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::BodyTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(ApiError::BodyTimeout { timeout }))
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response {

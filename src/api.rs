@@ -1,6 +1,7 @@
 //! The HTTP API without a web framework: request checks, error bodies, CORS
 //! and SSE headers. Each runtime routes requests here, so that every runtime
-//! responds byte for byte the same.
+//! gives an API request the same status, JSON body and SSE framing. Below
+//! the API, protocol errors are left to each runtime's HTTP server.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -46,6 +47,13 @@ pub enum ApiError {
     BodyTooLarge {
         /// The limit, in bytes.
         limit: usize,
+    },
+
+    /// The body did not arrive within the request timeout: `408`.
+    #[error("the request body did not arrive within {} s; send the whole body without pauses, or raise BROKER_REQUEST_TIMEOUT", .timeout.as_secs_f64())]
+    BodyTimeout {
+        /// The request timeout.
+        timeout: std::time::Duration,
     },
 
     /// The body could not be read from the connection: `400`.
@@ -99,10 +107,10 @@ pub enum ApiError {
     /// An event name in a filter that no event can have: `400`.
     #[error("the `event` filter {value:?} is not a valid event name: {reason}")]
     InvalidFilter {
-        /// The name sent.
+        /// The name sent, after percent-decoding.
         value: String,
-        /// The validation error that no event name can pass.
-        reason: InsertError,
+        /// The reason that no event can have that name.
+        reason: String,
     },
 
     /// A missing, invalid or expired token (`401`), or an event name outside
@@ -141,6 +149,7 @@ impl ApiError {
             | Self::InvalidFilter { .. } => 400,
             Self::Auth(error) => error.status(),
             Self::OriginNotAllowed { .. } => 403,
+            Self::BodyTimeout { .. } => 408,
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge { .. } => 413,
@@ -155,6 +164,7 @@ impl ApiError {
             Self::Insert(error) => error.code(),
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyUnreadable { .. } => "body_unreadable",
+            Self::BodyTimeout { .. } => "request_timeout",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -198,9 +208,11 @@ impl ApiError {
     }
 
     /// Returns the headers that the error response carries besides its
-    /// content type: a `WWW-Authenticate` challenge for [`ApiError::Auth`],
-    /// and for [`ApiError::TooManyConnections`] a `Connection: close` that
-    /// frees the connection's file descriptor after the response.
+    /// content type. [`ApiError::Auth`] gets a `WWW-Authenticate` challenge.
+    /// [`ApiError::TooManyConnections`] gets `Connection: close`, which frees
+    /// the file descriptor. So do the body errors, because they leave the
+    /// rest of the body unread and the connection cannot carry another
+    /// request.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             Self::Auth(error) => vec![("www-authenticate", error.www_authenticate())],
@@ -208,6 +220,9 @@ impl ApiError {
                 ("retry-after", "1".to_owned()),
                 ("connection", "close".to_owned()),
             ],
+            Self::BodyTimeout { .. } | Self::BodyTooLarge { .. } | Self::BodyUnreadable { .. } => {
+                vec![("connection", "close".to_owned())]
+            }
             _ => Vec::new(),
         }
     }
@@ -292,18 +307,24 @@ pub async fn insert(
     Ok(to_json(&record))
 }
 
-/// Checks that a request's connection is within the connection limit.
+/// Checks that a request to `path` may be served on its connection: the
+/// connection is within the connection limit, or the request is
+/// `GET /health`, which monitoring needs most when the server is full.
 /// Requests without a [`Connection`], as when a program serves the API with
 /// its own server loop, are not limited.
+///
+/// The runtimes close a connection past the limit after each response.
 ///
 /// # Errors
 ///
 /// Returns [`ApiError::TooManyConnections`] for a connection past the limit.
-pub fn admit(broker: &Broker, connection: Option<&Connection>) -> Result<(), ApiError> {
+pub fn admit(broker: &Broker, connection: Option<&Connection>, path: &str) -> Result<(), ApiError> {
     match connection {
-        Some(connection) if !connection.is_admitted() => Err(ApiError::TooManyConnections {
-            limit: broker.connections().limit(),
-        }),
+        Some(connection) if !connection.is_admitted() && path != "/health" => {
+            Err(ApiError::TooManyConnections {
+                limit: broker.connections().limit(),
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -364,16 +385,26 @@ fn subscribe_options(
     let mut options = SubscribeOptions::default();
     let mut query_id = None;
     let mut events = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match key.as_ref() {
+    let pairs = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty());
+    for pair in pairs {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode_form(key).unwrap_or_else(|lossy| lossy);
+        match key.as_str() {
             "event" => {
-                validate_event(&value).map_err(|reason| ApiError::InvalidFilter {
-                    value: value.to_string(),
-                    reason,
+                let value = decode_form(value).map_err(|lossy| ApiError::InvalidFilter {
+                    value: lossy,
+                    reason: "it is not UTF-8 after percent-decoding".to_owned(),
                 })?;
-                events.push(value.into_owned());
+                validate_event(&value).map_err(|reason| ApiError::InvalidFilter {
+                    value: value.clone(),
+                    reason: reason.to_string(),
+                })?;
+                events.push(value);
             }
-            "lastEventId" => query_id = Some(value.into_owned()),
+            "lastEventId" => query_id = Some(decode_form(value).unwrap_or_else(|lossy| lossy)),
             // Other parameters, such as cache busters, are ignored.
             _ => {}
         }
@@ -429,12 +460,27 @@ pub async fn collection(
     Ok(to_json(&records))
 }
 
+/// Decodes a path segment into an event name, rejecting segments that no
+/// event name can decode from, as the `event` filter of `GET /events` does.
 fn decode_segment(segment: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
-    percent_encoding::percent_decode_str(segment)
+    let event = percent_encoding::percent_decode_str(segment)
         .decode_utf8()
         .map_err(|error| ApiError::InvalidPath {
             reason: format!("{segment:?} is not UTF-8 after percent-decoding ({error})"),
-        })
+        })?;
+    validate_event(&event).map_err(|error| ApiError::InvalidPath {
+        reason: format!("{event:?} is not a valid event name ({error})"),
+    })?;
+    Ok(event)
+}
+
+/// Decodes one key or value of an `application/x-www-form-urlencoded`
+/// query: `+` is a space and `%XX` a byte. Returns the lossy decoding as the
+/// error when the bytes are not UTF-8.
+fn decode_form(raw: &str) -> Result<String, String> {
+    let spaced = raw.replace('+', " ");
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(&spaced).collect();
+    String::from_utf8(bytes).map_err(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
 }
 
 /// Handles `GET /health`: `200` when the broker runs and its storage reads
@@ -576,6 +622,9 @@ mod tests {
         assert!(error.to_string().contains("Last-Event-ID"), "{error}");
         let error = subscribe_options(Some("event=%0A"), None).unwrap_err();
         assert_eq!(error.code(), "invalid_filter");
+        let error = subscribe_options(Some("event=%FF"), None).unwrap_err();
+        assert_eq!(error.code(), "invalid_filter");
+        assert!(error.to_string().contains("not UTF-8"), "{error}");
     }
 
     #[test]
@@ -630,8 +679,8 @@ mod tests {
             }
         }
 
-        /// Arbitrary segments never panic, and a percent-encoded name decodes
-        /// back to itself.
+        /// Arbitrary segments never panic, a percent-encoded valid name
+        /// decodes back to itself, and an invalid one is rejected.
         #[test]
         fn segments_decode(segment in any::<String>(), name in any::<String>()) {
             if let Err(error) = decode_segment(&segment) {
@@ -640,7 +689,10 @@ mod tests {
             let encoded =
                 percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
                     .to_string();
-            prop_assert_eq!(decode_segment(&encoded).unwrap(), name);
+            match validate_event(&name) {
+                Ok(()) => prop_assert_eq!(decode_segment(&encoded).unwrap(), name),
+                Err(_) => prop_assert_eq!(decode_segment(&encoded).unwrap_err().code(), "invalid_path"),
+            }
         }
     }
 

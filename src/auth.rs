@@ -426,8 +426,19 @@ fn query_token(query: &str) -> Option<String> {
 /// `jsonwebtoken` itself.
 #[derive(Deserialize)]
 struct Claims {
-    #[serde(default)]
+    /// `None` when the claim is absent. A `null` claim is rejected rather
+    /// than read as absent, so that a token minted with a missing list does
+    /// not grant every name.
+    #[serde(default, deserialize_with = "present")]
     events: Option<Vec<String>>,
+}
+
+/// Deserializes a claim that, when present, must not be `null`.
+fn present<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Vec::<String>::deserialize(deserializer).map(Some)
 }
 
 /// Verifies the signature, algorithm and time claims of `token`.
@@ -462,15 +473,15 @@ fn verify(secret: &Secret, role: Role, token: &str) -> Result<Grant, AuthError> 
 fn describe(error: &jsonwebtoken::errors::Error) -> String {
     match error.kind() {
         ErrorKind::InvalidToken => {
-            "it is not a JWT of three base64url parts joined by dots".to_owned()
+            "it is not a JWT that this server reads: three base64url parts joined by dots, with a header of standard fields".to_owned()
         }
         ErrorKind::InvalidSignature => "the signature does not match the secret".to_owned(),
         ErrorKind::Base64(_) => "a part is not valid base64url".to_owned(),
         ErrorKind::Utf8(_) => "a part is not UTF-8".to_owned(),
         ErrorKind::Json(error) => format!("its header or claims do not decode ({error})"),
-        ErrorKind::MissingRequiredClaim(claim) => {
-            format!("the `{claim}` claim is missing; add it in epoch seconds")
-        }
+        ErrorKind::MissingRequiredClaim(claim) => format!(
+            "the `{claim}` claim is missing or is not a whole number of epoch seconds; add it as a number such as 1796400000"
+        ),
         ErrorKind::InvalidClaimFormat(claim) => format!("the `{claim}` claim has the wrong type"),
         ErrorKind::ImmatureSignature => "its `nbf` time has not come yet".to_owned(),
         ErrorKind::InvalidAudience => {
@@ -596,11 +607,15 @@ mod tests {
         let expired = sign(&json!({ "exp": jsonwebtoken::get_current_timestamp() - 60 }));
         let no_exp = sign(&json!({ "events": ["a"] }));
         let bad_events = sign(&json!({ "exp": in_an_hour(), "events": "a" }));
+        let null_events = sign(&json!({ "exp": in_an_hour(), "events": null }));
+        let exp_text = sign(&json!({ "exp": in_an_hour().to_string() }));
         let with_aud = sign(&json!({ "exp": in_an_hour(), "aud": "someone" }));
         let cases = [
             (expired, "token_expired"),
             (no_exp, "invalid_token"),
             (bad_events, "invalid_token"),
+            (null_events, "invalid_token"),
+            (exp_text, "invalid_token"),
             (with_aud, "invalid_token"),
             ("not-a-token".to_owned(), "invalid_token"),
         ];

@@ -27,9 +27,9 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
 /// is one connection and one file descriptor.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 
-/// Default time a client has to send a request's headers, counted from the
-/// connection's start or from the end of its previous response.
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client has to send a request's headers, and then again
+/// its body. See [`Config::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings for a [`Broker`](crate::Broker).
 ///
@@ -60,10 +60,11 @@ pub struct Config {
     /// Maximum number of open client connections; requests on connections
     /// past it get `503`.
     pub max_connections: usize,
-    /// Time a client has to send a request's headers before the connection
-    /// is closed, counted from the connection's start or from the end of its
-    /// previous response.
-    pub header_timeout: Duration,
+    /// Time a client has to send a request's headers, counted from the
+    /// connection's start or from the end of its previous response, and then
+    /// again its body. A connection past either deadline is closed, after a
+    /// `408` error when the body is late.
+    pub request_timeout: Duration,
     /// Secret that verifies publisher tokens on `POST /insert`; `None`
     /// leaves publishing open. See [`auth`](crate::auth).
     pub publisher_secret: Option<Secret>,
@@ -85,7 +86,7 @@ impl Default for Config {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             retry: DEFAULT_RETRY,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             publisher_secret: None,
             subscriber_secret: None,
             #[cfg(any(feature = "redb", feature = "sled"))]
@@ -138,9 +139,9 @@ impl Config {
         self
     }
 
-    /// Sets the time a client has to send a request's headers.
-    pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
-        self.header_timeout = timeout;
+    /// Sets the time a client has to send a request's headers, and then its body.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
         self
     }
 
@@ -204,14 +205,14 @@ impl FromStr for AllowedOrigins {
         }
         let mut list = Vec::new();
         for origin in text.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-            let valid = origin.starts_with("http://") || origin.starts_with("https://");
-            if !valid || origin.ends_with('/') || origin.contains('*') {
-                return Err(InvalidOrigin(origin.to_owned()));
-            }
+            check_origin(origin)?;
             list.push(origin.to_owned());
         }
         if list.is_empty() {
-            return Err(InvalidOrigin(text.to_owned()));
+            return Err(InvalidOrigin {
+                origin: text.to_owned(),
+                reason: "it lists no origin",
+            });
         }
         Ok(Self::List(list))
     }
@@ -226,10 +227,47 @@ impl fmt::Display for AllowedOrigins {
     }
 }
 
-/// An origin that is neither `*` nor `scheme://host[:port]`.
+/// Checks that `origin` is written as browsers send it in the `Origin`
+/// header, because the comparison is exact.
+fn check_origin(origin: &str) -> Result<(), InvalidOrigin> {
+    let invalid = |reason| {
+        Err(InvalidOrigin {
+            origin: origin.to_owned(),
+            reason,
+        })
+    };
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return invalid("it has no scheme; write it as https://host or http://host:port");
+    };
+    if scheme != "http" && scheme != "https" {
+        return invalid("the scheme must be http or https");
+    }
+    if host.is_empty() || host.contains(['/', '?', '#']) {
+        return invalid("it must be a scheme and host only, with no path and no trailing slash");
+    }
+    if host.contains('*') {
+        return invalid(
+            "wildcards are not supported in a list; list each origin, or use `*` alone",
+        );
+    }
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    if host.ends_with(default_port) {
+        return invalid(
+            "browsers leave the scheme's default port out of the Origin header; remove the port",
+        );
+    }
+    Ok(())
+}
+
+/// An origin that is neither `*` nor written as browsers send it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid origin {0:?}: expected `*` or a comma-separated list such as https://app.example,http://localhost:5173 (no path, no trailing slash)")]
-pub struct InvalidOrigin(pub String);
+#[error("invalid origin {origin:?}: {reason}; expected `*` or a comma-separated list such as https://app.example,http://localhost:5173")]
+pub struct InvalidOrigin {
+    /// The origin as written.
+    pub origin: String,
+    /// The reason it is rejected.
+    pub reason: &'static str,
+}
 
 #[cfg(test)]
 mod tests {
@@ -251,6 +289,10 @@ mod tests {
         assert!("https://a.example/".parse::<AllowedOrigins>().is_err());
         assert!("a.example".parse::<AllowedOrigins>().is_err());
         assert!(",".parse::<AllowedOrigins>().is_err());
+        assert!("https://a.example:443".parse::<AllowedOrigins>().is_err());
+        assert!("http://a.example:80".parse::<AllowedOrigins>().is_err());
+        assert!("ftp://a.example".parse::<AllowedOrigins>().is_err());
+        assert!("https://a.example:8443".parse::<AllowedOrigins>().is_ok());
         assert_eq!("*".parse::<AllowedOrigins>(), Ok(AllowedOrigins::Any));
     }
 }

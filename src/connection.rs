@@ -116,7 +116,8 @@ impl Connection {
     }
 
     /// Asks the accept loop to drop the connection, without waiting for
-    /// the response in progress.
+    /// the response in progress. The core calls it for a subscriber whose
+    /// queue is full.
     pub fn close(&self) {
         self.state.closed.store(true, Ordering::Release);
         self.state.waker.wake();

@@ -74,6 +74,9 @@ impl NewEvent {
     ///
     /// Returns an [`InsertError`] naming the field at fault and the fix.
     ///
+    /// A UTF-8 byte order mark before the JSON is skipped, as RFC 8259
+    /// allows, because some Windows tools write one.
+    ///
     /// ```
     /// let event = broker::NewEvent::from_json(br#"{"event": "a", "timestamp": 10}"#)?;
     /// assert_eq!(event.timestamp(), Some(10));
@@ -84,6 +87,7 @@ impl NewEvent {
     /// # Ok::<(), broker::InsertError>(())
     /// ```
     pub fn from_json(body: &[u8]) -> Result<Self, InsertError> {
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
         let fields = parse_fields(body)?;
         let event = match fields.event {
             None => return Err(InsertError::MissingField { field: "event" }),
@@ -442,6 +446,14 @@ mod tests {
         assert_eq!(event.event(), "a");
         assert_eq!(event.timestamp(), Some(5));
         assert_eq!(event.data().get(), r#"{"x":[1,2]}"#);
+    }
+
+    #[test]
+    fn byte_order_mark_skipped() {
+        let event = NewEvent::from_json(b"\xEF\xBB\xBF{\"event\":\"a\"}").unwrap();
+        assert_eq!(event.event(), "a");
+        let twice = NewEvent::from_json(b"\xEF\xBB\xBF\xEF\xBB\xBF{\"event\":\"a\"}");
+        assert!(twice.is_err(), "only one byte order mark is skipped");
     }
 
     #[test]

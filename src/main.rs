@@ -72,13 +72,15 @@ struct Args {
 
     /// Maximum number of open client connections (each SSE stream is one);
     /// requests on connections past it get 503.
-    #[arg(long, env = "BROKER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive)]
-    max_connections: usize,
+    /// [default: 20000, or less when the open-file limit cannot be raised that far]
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS", value_parser = parse_positive)]
+    max_connections: Option<usize>,
 
-    /// Seconds a client has to send a request's headers before its
-    /// connection is closed (decimals allowed; at most 60 under async-std-tide).
-    #[arg(long, env = "BROKER_HEADER_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
-    header_timeout: Duration,
+    /// Seconds a client has to send a request's headers, and then again its
+    /// body, before its connection is closed. Decimals are allowed. Under
+    /// async-std-tide, at most 60 applies to headers.
+    #[arg(long, env = "BROKER_REQUEST_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    request_timeout: Duration,
 
     /// Storage backend.
     #[arg(long, env = "BROKER_STORAGE", value_enum, default_value_t)]
@@ -185,7 +187,7 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         .map_err(|error| format!("failed to listen on {addr}: {error}"))?;
     let addr = listener.local_addr()?;
     let shutdown = shutdown_signal()?;
-    raise_open_file_limit(args.max_connections);
+    let max_connections = connection_limit(args.max_connections);
     survive_file_size_limit()?;
 
     let config = Config::default()
@@ -195,8 +197,8 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         .with_keep_alive(args.keep_alive)
         .with_queue_capacity(args.queue_capacity)
         .with_retry(args.retry)
-        .with_max_connections(args.max_connections)
-        .with_header_timeout(args.header_timeout)
+        .with_max_connections(max_connections)
+        .with_request_timeout(args.request_timeout)
         .with_storage(args.storage.kind());
     let config = with_secrets(config, &args);
     let broker = Broker::open(config).await?;
@@ -209,6 +211,7 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         storage = %value_name(args.storage),
         runtime = %value_name(args.runtime),
         origin = %args.origin,
+        max_connections,
         "listening"
     );
     match args.runtime {
@@ -229,21 +232,47 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
 /// the listener, log output and a margin.
 const RESERVED_FILES: u64 = 64;
 
-/// Raises this process's soft limit on open files up to its hard limit,
-/// as far as `max_connections` needs, and warns when that is not enough.
+/// Returns the connection limit to use, and raises this process's soft
+/// limit on open files up to its hard limit as far as that limit needs.
 ///
-/// Many systems start processes with a soft limit of 1024, which would
-/// stop the server from accepting connections long before the cap.
-fn raise_open_file_limit(max_connections: usize) {
-    let needed = (max_connections as u64).saturating_add(RESERVED_FILES);
-    match rlimit::increase_nofile_limit(needed) {
-        Ok(limit) if limit < needed => warn!(
-            open_file_limit = limit,
-            max_connections,
-            "the open-file limit is below the connection limit, so connections past it will wait; raise `ulimit -n` (the hard limit) or lower BROKER_MAX_CONNECTIONS"
-        ),
-        Ok(_) => {}
-        Err(error) => warn!(%error, "failed to read or raise the open-file limit"),
+/// Many systems start processes with a soft limit of 1024, which would stop
+/// the server from accepting connections long before the cap. Without a
+/// configured limit, the default is lowered to fit the hard limit; a
+/// configured one is kept, with a warning.
+fn connection_limit(configured: Option<usize>) -> usize {
+    let wanted = configured.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let needed = (wanted as u64).saturating_add(RESERVED_FILES);
+    let limit = match rlimit::increase_nofile_limit(needed) {
+        Ok(limit) => limit,
+        Err(error) => {
+            warn!(%error, "failed to read or raise the open-file limit");
+            return wanted;
+        }
+    };
+    if limit >= needed {
+        return wanted;
+    }
+    let fitting = usize::try_from(limit.saturating_sub(RESERVED_FILES))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    match configured {
+        None => {
+            info!(
+                open_file_limit = limit,
+                max_connections = fitting,
+                "lowered the default connection limit to fit the open-file limit; raise `ulimit -Hn` for more"
+            );
+            fitting
+        }
+        Some(_) => {
+            warn!(
+                open_file_limit = limit,
+                files_needed = needed,
+                max_connections = wanted,
+                "the open-file limit is below what BROKER_MAX_CONNECTIONS needs, so connections past it will wait; raise `ulimit -Hn` or lower BROKER_MAX_CONNECTIONS"
+            );
+            wanted
+        }
     }
 }
 

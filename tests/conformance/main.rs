@@ -84,6 +84,7 @@ macro_rules! conformance {
 
                     connection_limit => connections::connection_limit,
                     header_timeout => connections::header_timeout,
+                    body_timeout => connections::body_timeout,
                     churn_leaves_nothing => connections::churn_leaves_nothing,
 
                     future_on_time => schedule::future_on_time,

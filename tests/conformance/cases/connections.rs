@@ -49,15 +49,16 @@ async fn health(addr: SocketAddr) -> Value {
 }
 
 /// Checks that requests on connections past `BROKER_MAX_CONNECTIONS` get a
-/// `503` JSON error, and that a closed connection frees its place.
+/// `503` JSON error, except `GET /health`, and that a closed connection
+/// frees its place.
 pub(crate) async fn connection_limit(pair: Pair) {
     let server = Server::launch(Launch::new(pair).env("BROKER_MAX_CONNECTIONS", "3")).await;
     let first = server.subscribe().await;
     let _second = server.subscribe().await;
     let _third = server.subscribe().await;
 
-    let (status, body) = get_once(server.addr(), "/health").await;
-    assert_eq!(status, 503, "GET /health past the limit: {body}");
+    let (status, body) = get_once(server.addr(), "/collection/full").await;
+    assert_eq!(status, 503, "GET /collection past the limit: {body}");
     let error: Value = serde_json::from_str(&body).expect("the 503 body should be JSON");
     assert_eq!(error["error"], "too_many_connections", "{error}");
     let message = error["message"].as_str().unwrap_or_default();
@@ -71,11 +72,22 @@ pub(crate) async fn connection_limit(pair: Pair) {
         refused.status, 503,
         "GET /events past the limit should get 503"
     );
+    assert_eq!(
+        refused.header("connection").as_deref(),
+        Some("close"),
+        "a connection past the limit should be closed after its response"
+    );
     drop(refused);
+
+    let (status, body) = get_once(server.addr(), "/health").await;
+    assert_eq!(
+        status, 200,
+        "GET /health should be served past the limit, for monitoring: {body}"
+    );
 
     drop(first);
     let freed = poll_until(ARRIVAL, || async {
-        get_once(server.addr(), "/health").await.0 == 200
+        get_once(server.addr(), "/collection/full").await.0 == 200
     })
     .await;
     assert!(
@@ -84,40 +96,111 @@ pub(crate) async fn connection_limit(pair: Pair) {
     );
 }
 
-/// Checks that a connection that sends part of a request's headers and
-/// then nothing is closed after `BROKER_HEADER_TIMEOUT`.
+/// Waits up to 5 s for the server to close `stream`, reading and dropping
+/// anything it sends first, such as a `408` response. Returns the time from
+/// `started` to the close, or `None` if the stream stayed open.
+async fn wait_for_close(stream: &mut TcpStream, started: Instant) -> Option<Duration> {
+    let mut buffer = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Checks that connections that send nothing, or part of a request's
+/// headers and then nothing, are closed after `BROKER_REQUEST_TIMEOUT`.
 pub(crate) async fn header_timeout(pair: Pair) {
-    let server = Server::launch(Launch::new(pair).env("BROKER_HEADER_TIMEOUT", "1")).await;
-    let mut stream = TcpStream::connect(server.addr())
+    let server = Server::launch(Launch::new(pair).env("BROKER_REQUEST_TIMEOUT", "1")).await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(server.addr())
         .await
         .expect("failed to connect");
-    stream
+    let mut partial = TcpStream::connect(server.addr())
+        .await
+        .expect("failed to connect");
+    partial
         .write_all(b"GET /health HTTP/1.1\r\nHost: broker\r\n")
         .await
         .expect("failed to send part of a request");
-    let started = Instant::now();
 
-    let mut buffer = [0u8; 1024];
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await {
-            Err(_) => break false,
-            Ok(Ok(0) | Err(_)) => break true,
-            // A 408 response before the close is allowed.
-            Ok(Ok(_)) => {}
-        }
-    };
-    let elapsed = started.elapsed();
-    assert!(
-        closed,
-        "a connection with unfinished headers was still open after 5 s; the header timeout is 1 s"
-    );
-    assert!(
-        elapsed >= Duration::from_millis(900),
-        "the connection was closed after {elapsed:?}, before the 1 s header timeout"
-    );
+    for (stream, what) in [
+        (&mut silent, "a connection that sent nothing"),
+        (&mut partial, "a connection with unfinished headers"),
+    ] {
+        let closed = wait_for_close(stream, started).await;
+        let Some(elapsed) = closed else {
+            panic!("{what} was still open after 5 s; the request timeout is 1 s");
+        };
+        assert!(
+            elapsed >= Duration::from_millis(800),
+            "{what} was closed after {elapsed:?}, before the 1 s request timeout"
+        );
+    }
 
     let (status, _) = get_once(server.addr(), "/health").await;
     assert_eq!(status, 200, "a complete request should still be served");
+}
+
+/// Checks that an insert whose body stops arriving gets a `408` JSON error
+/// after `BROKER_REQUEST_TIMEOUT`, and that a `Content-Length` over the body
+/// limit gets `413` before any of the body is sent.
+pub(crate) async fn body_timeout(pair: Pair) {
+    let server = Server::launch(Launch::new(pair).env("BROKER_REQUEST_TIMEOUT", "1")).await;
+    let mut stream = TcpStream::connect(server.addr())
+        .await
+        .expect("failed to connect");
+    let request = "POST /insert HTTP/1.1\r\nHost: broker\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"event\"";
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("failed to send part of a request");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect(
+            "an insert with a stalled body was still open after 5 s; the request timeout is 1 s",
+        )
+        .expect("failed to read the response");
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 408"),
+        "a stalled body should get 408: {response:?}"
+    );
+    assert!(
+        response.contains("\"error\":\"request_timeout\""),
+        "the 408 should have a JSON body naming the error: {response:?}"
+    );
+
+    let mut stream = TcpStream::connect(server.addr())
+        .await
+        .expect("failed to connect");
+    let request = "POST /insert HTTP/1.1\r\nHost: broker\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n";
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("failed to send the request head");
+    let mut head = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_millis(800), stream.read(&mut head))
+        .await
+        .expect("a Content-Length over the limit should get a response before the timeout")
+        .expect("failed to read the response");
+    let head = String::from_utf8_lossy(&head[..read]);
+    assert!(
+        head.starts_with("HTTP/1.1 413"),
+        "a Content-Length over the limit should get 413: {head:?}"
+    );
+    assert!(
+        wait_for_close(&mut stream, Instant::now()).await.is_some(),
+        "the connection should be closed after the 413 rather than wait for the body"
+    );
+    assert_eq!(
+        server.collection("x").await.len(),
+        0,
+        "nothing should be stored"
+    );
 }
 
 /// Subscribers opened and closed in the churn test, after the warm-up.
