@@ -8,8 +8,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,8 +27,8 @@ use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
@@ -38,6 +38,7 @@ use crate::api::{self, ApiError};
 use crate::auth::Credentials;
 use crate::connection::Connection;
 use crate::sse::KeepAlive;
+use crate::tokio_stream::{self, FirstRequest};
 use crate::{Broker, Listen};
 
 /// Builds the axum [`Router`] for the whole API, ready to nest or serve.
@@ -91,6 +92,7 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(broker.config().request_timeout);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -107,44 +109,16 @@ where
                 continue;
             }
         };
-        // Small SSE frames should leave at once rather than wait for Nagle's algorithm.
-        if let Err(error) = stream.set_nodelay(true) {
-            debug!(%error, "failed to set TCP_NODELAY");
-        }
         let connection = broker.connections().open();
-        let requested = Arc::new(AtomicBool::new(false));
-        let service = connection_service(app.clone(), connection.clone(), requested.clone());
-        let served = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let served = graceful.watch(served);
         debug!(%peer, admitted = connection.is_admitted(), "accepted a connection");
-
-        // hyper's header timer starts only after the first bytes show
-        // whether the client speaks HTTP/1 or HTTP/2, so a client that sends
-        // nothing gets this deadline instead.
-        let timeout = broker.config().request_timeout;
-        let first_request = async move {
-            tokio::time::sleep(timeout).await;
-            if requested.load(Ordering::Acquire) {
-                std::future::pending::<()>().await;
-            }
+        let serving = Serving {
+            broker: broker.clone(),
+            app: app.clone(),
+            builder: builder.clone(),
+            graceful: graceful.watcher(),
+            connection,
         };
-        tokio::spawn(async move {
-            tokio::select! {
-                result = served => {
-                    if let Err(error) = result {
-                        debug!(%peer, %error, "connection ended with an error");
-                    }
-                }
-                () = connection.closed() => {
-                    debug!(%peer, "closed the connection at the broker's request");
-                }
-                () = first_request => {
-                    debug!(%peer, ?timeout, "no request in time, closing the connection");
-                }
-            }
-        });
+        tokio::spawn(serving.run(stream, peer));
     }
 
     // Closing the listener makes new connections fail at once rather than
@@ -154,8 +128,16 @@ where
     broker.close().await;
     // A client that stopped reading its stream would hold the graceful
     // shutdown forever, so it gets a deadline.
+    let finished = async {
+        graceful.shutdown().await;
+        // SSE streams served without hyper end on their own once the broker
+        // closes them; the count falls to zero when the last one has.
+        while broker.connections().count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = finished => {}
         () = tokio::time::sleep(api::SHUTDOWN_GRACE) => {
             warn!(
                 grace = ?api::SHUTDOWN_GRACE,
@@ -166,13 +148,64 @@ where
     Ok(())
 }
 
+/// What one connection's task serves it with.
+struct Serving {
+    broker: Broker,
+    app: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Watcher,
+    connection: Connection,
+}
+
+impl Serving {
+    /// Serves one connection: a first request of `GET /events` on its own,
+    /// anything else with hyper.
+    async fn run(self, stream: TcpStream, peer: SocketAddr) {
+        // Small SSE frames should leave at once rather than wait for Nagle's algorithm.
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "failed to set TCP_NODELAY");
+        }
+        let timeout = self.broker.config().request_timeout;
+        match tokio_stream::first_request(&stream, Instant::now() + timeout).await {
+            FirstRequest::None => {
+                debug!(%peer, ?timeout, "no request in time, closing the connection");
+                return;
+            }
+            FirstRequest::Stream(head) => {
+                return tokio_stream::serve(self.broker, stream, self.connection, head).await;
+            }
+            FirstRequest::Other => {}
+        }
+
+        let Self {
+            app,
+            builder,
+            graceful,
+            connection,
+            ..
+        } = self;
+        let service = connection_service(app, connection.clone());
+        let served = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::select! {
+            result = graceful.watch(served) => {
+                if let Err(error) = result {
+                    debug!(%peer, %error, "connection ended with an error");
+                }
+            }
+            () = connection.closed() => {
+                debug!(%peer, "closed the connection at the broker's request");
+            }
+        }
+    }
+}
+
 /// Returns the router as a hyper service that adds `connection` to each
-/// request's extensions, where the handlers find it, and sets `requested`
-/// once a request has arrived.
+/// request's extensions, where the handlers find it.
 fn connection_service(
     app: Router,
     connection: Connection,
-    requested: Arc<AtomicBool>,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
     Response = Response,
@@ -180,7 +213,6 @@ fn connection_service(
     Future = impl Future<Output = Result<Response, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        requested.store(true, Ordering::Release);
         request.extensions_mut().insert(connection.clone());
         app.clone().oneshot(request)
     })
@@ -364,10 +396,10 @@ impl IntoResponse for ApiError {
 }
 
 /// A tick per keep-alive interval, the first one interval after the start.
-struct Ticks(Interval);
+pub(crate) struct Ticks(Interval);
 
 impl Ticks {
-    fn new(period: Duration) -> Self {
+    pub(crate) fn new(period: Duration) -> Self {
         // tokio panics on a zero period.
         let period = period.max(Duration::from_millis(1));
         let mut interval = tokio::time::interval_at(Instant::now() + period, period);

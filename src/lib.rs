@@ -121,6 +121,10 @@ pub mod backends;
 #[path = "../runtimes/tokio_axum.rs"]
 pub mod tokio_axum;
 
+#[cfg(feature = "tokio-axum")]
+#[path = "../runtimes/tokio_stream.rs"]
+mod tokio_stream;
+
 #[cfg(feature = "async-std-tide")]
 #[path = "../runtimes/async_std_tide.rs"]
 pub mod async_std_tide;

@@ -81,6 +81,7 @@ macro_rules! conformance {
                     keep_alive_comment => delivery::keep_alive_comment,
                     disconnect_spares_others => delivery::disconnect_spares_others,
                     slow_subscriber_dropped => delivery::slow_subscriber_dropped,
+                    events_on_reused_connection => delivery::events_on_reused_connection,
 
                     connection_limit => connections::connection_limit,
                     header_timeout => connections::header_timeout,

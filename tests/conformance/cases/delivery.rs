@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{record_id, ARRIVAL, QUIET};
 use crate::harness::{future_second, now_millis, Launch, Pair, Server};
@@ -402,4 +403,69 @@ pub(crate) async fn slow_subscriber_dropped(pair: Pair) {
     resumed
         .assert_no_event(QUIET, "after the missed messages")
         .await;
+}
+
+/// Checks that `GET /events` streams on a connection that carried another
+/// request first, as when a browser reuses a kept-alive connection.
+pub(crate) async fn events_on_reused_connection(pair: Pair) {
+    let server = Server::start(pair).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("failed to connect");
+    let host = server.addr();
+    let health = format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream
+        .write_all(health.as_bytes())
+        .await
+        .expect("failed to send GET /health");
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&response).ends_with('}') {
+        let read = tokio::time::timeout(ARRIVAL, stream.read(&mut buffer))
+            .await
+            .expect("no health response in time")
+            .expect("failed to read the health response");
+        assert!(
+            read > 0,
+            "the server closed the connection after GET /health"
+        );
+        response.extend_from_slice(&buffer[..read]);
+    }
+    let events = format!("GET /events?event=reused HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream
+        .write_all(events.as_bytes())
+        .await
+        .expect("failed to send GET /events");
+
+    let mut received = Vec::new();
+    let deadline = Instant::now() + ARRIVAL;
+    let mut inserted = false;
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if !inserted && text.contains("text/event-stream") {
+            server
+                .insert(&json!({ "event": "reused", "data": 1 }))
+                .await;
+            inserted = true;
+        }
+        if text.contains("event: reused\ndata: 1\n\n") {
+            assert!(
+                text.starts_with("HTTP/1.1 200"),
+                "the stream should answer 200: {text:?}"
+            );
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = tokio::time::timeout(left, stream.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no message on the reused connection within {ARRIVAL:?}: {text:?}")
+            })
+            .expect("failed to read");
+        assert!(
+            read > 0,
+            "the server closed the reused connection: {text:?}"
+        );
+        received.extend_from_slice(&buffer[..read]);
+    }
 }
