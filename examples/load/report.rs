@@ -118,6 +118,8 @@ enum Cell {
     VsNchan(&'static str),
     /// The JSON at this path as written.
     Json(&'static str),
+    /// The table's metric in every run, in run order.
+    Runs,
 }
 
 /// One table of the page: the result lines of a scenario, one table per
@@ -129,6 +131,8 @@ struct Table {
     title: &'static str,
     /// Text between the heading and the table.
     note: &'static str,
+    /// The figure by which the median of repeated runs is chosen.
+    metric: &'static str,
     columns: &'static [(&'static str, Cell)],
 }
 
@@ -139,8 +143,10 @@ const TABLES: &[Table] = &[
         title: "Fan-out: {key} subscribers",
         note: "One publisher at a fixed rate; every subscriber gets every message. \
                Latency is from the send time in the message body to its arrival.",
+        metric: "deliveries_per_cpu_second",
         columns: &[
-            ("messages/s", Cell::Number("rate")),
+            ("target messages/s", Cell::Number("rate")),
+            ("sent messages/s", Cell::Number("publish_rate")),
             ("deliveries/s", Cell::Number("deliveries_per_second")),
             ("server CPU s", Cell::Number("server_cpu_seconds")),
             (
@@ -148,6 +154,7 @@ const TABLES: &[Table] = &[
                 Cell::Number("deliveries_per_cpu_second"),
             ),
             ("× nchan", Cell::VsNchan("deliveries_per_cpu_second")),
+            ("each run", Cell::Runs),
             ("p50 ms", Cell::Number("latency_ms.p50")),
             ("p99 ms", Cell::Number("latency_ms.p99")),
             ("max ms", Cell::Number("latency_ms.max")),
@@ -162,6 +169,7 @@ const TABLES: &[Table] = &[
         title: "Idle streams: {key} open",
         note: "Server memory before the streams open and after they have been open for 2 s. \
                RSS sums every server process (nginx master and worker); PSS splits shared pages.",
+        metric: "rss_per_connection_kib",
         columns: &[
             ("RSS before MiB", Cell::Mib("rss_before_kib")),
             ("RSS after MiB", Cell::Mib("rss_after_kib")),
@@ -179,9 +187,11 @@ const TABLES: &[Table] = &[
         note:
             "Each client sends requests back to back on its own connection for 5 s. \
                Broker's inserts are durable (fsync, group commit); nchan's publishes are in memory.",
+        metric: "inserts_per_second",
         columns: &[
             ("inserts/s", Cell::Number("inserts_per_second")),
             ("× nchan", Cell::VsNchan("inserts_per_second")),
+            ("each run", Cell::Runs),
             ("p50 ms", Cell::Number("latency_ms.p50")),
             ("p99 ms", Cell::Number("latency_ms.p99")),
             ("non-2xx", Cell::Number("non_2xx")),
@@ -195,6 +205,7 @@ const TABLES: &[Table] = &[
         title: "Sync on connect: {key} names (Broker only)",
         note: "Time from a new subscriber's TCP connect to its last snapshot message, \
                for connections made one after another.",
+        metric: "sync_max_ms",
         columns: &[
             ("median ms", Cell::Number("sync_median_ms")),
             ("max ms", Cell::Number("sync_max_ms")),
@@ -207,6 +218,7 @@ const TABLES: &[Table] = &[
         key: "events",
         title: "Scheduling: {key} events due at the same second (Broker only)",
         note: "Lateness of each arrival after the start of the second the events are due.",
+        metric: "lateness_ms.p99",
         columns: &[
             ("p50 ms", Cell::Number("lateness_ms.p50")),
             ("p99 ms", Cell::Number("lateness_ms.p99")),
@@ -239,7 +251,48 @@ fn variants(lines: &[Value], scenario: &str, key: &str) -> Vec<Value> {
     seen
 }
 
+/// Field added to a chosen line: the table's metric in every run.
+const RUNS: &str = "runs";
+
+/// Keeps one line per scenario, key value and system: the run with the
+/// median metric (the lower middle one of an even count), with every run's
+/// metric added under [`RUNS`].
+fn median_runs(lines: &[Value]) -> Vec<Value> {
+    let mut chosen = Vec::new();
+    for table in TABLES {
+        let mut groups: Vec<Vec<&Value>> = Vec::new();
+        for line in lines
+            .iter()
+            .filter(|line| line["scenario"] == table.scenario)
+        {
+            let same = |other: &&Value| {
+                other["label"] == line["label"] && other[table.key] == line[table.key]
+            };
+            match groups.iter_mut().find(|group| same(&group[0])) {
+                Some(group) => group.push(line),
+                None => groups.push(vec![line]),
+            }
+        }
+        for group in groups {
+            let runs: Vec<Value> = group
+                .iter()
+                .map(|line| number(line, table.metric).map_or(Value::Null, Value::from))
+                .collect();
+            let mut sorted = group.clone();
+            sorted.sort_by(|a, b| {
+                let metric = |line: &Value| number(line, table.metric).unwrap_or(f64::NAN);
+                metric(a).total_cmp(&metric(b))
+            });
+            let mut line = sorted[(sorted.len() - 1) / 2].clone();
+            line[RUNS] = Value::from(runs);
+            chosen.push(line);
+        }
+    }
+    chosen
+}
+
 fn render(lines: &[Value], machine: &str, command: Option<&str>) -> String {
+    let lines = &median_runs(lines);
     let mut out = String::new();
     let _ = writeln!(out, "{BEGIN}\n");
     let _ = writeln!(out, "## Machine and command\n");
@@ -249,8 +302,10 @@ fn render(lines: &[Value], machine: &str, command: Option<&str>) -> String {
     }
     let _ = writeln!(
         out,
-        "Every absolute figure below is from one run on this 2-core machine, which other work \
-         shares; ratios between systems from the same run are the more stable figures.\n"
+        "Every absolute figure below is from this 2-core machine, which other work shares. \
+         Where a scenario ran more than once, a row shows the run with the median of the \
+         table's main figure, and the column \"each run\" lists that figure for every run. \
+         A ratio divides a system's row by nchan's row.\n"
     );
     render_targets(&mut out, lines);
     for table in TABLES {
@@ -290,6 +345,15 @@ fn render_table(out: &mut String, table: &Table, lines: &[&Value], key: &Value) 
                 Cell::Number(path) => show(number(line, path)),
                 Cell::Mib(path) => show(number(line, path).map(|kib| kib / 1024.0)),
                 Cell::Json(path) => line[path].to_string(),
+                Cell::Runs => line[RUNS]
+                    .as_array()
+                    .map(|runs| {
+                        runs.iter()
+                            .map(|run| show(run.as_f64()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default(),
                 Cell::VsNchan(path) => match nchan {
                     Some(nchan) if line["label"] != NCHAN => {
                         number(line, path).zip(number(nchan, path)).map_or_else(
