@@ -44,6 +44,7 @@ results=$root/target/bench/results.jsonl
 mkdir -p "$(dirname "$results")"
 : >"$results"
 server_pid=""
+client_pid=""
 
 # Stops the server this script started, if any, by its PID: SIGTERM, then
 # SIGKILL after 10 s.
@@ -65,6 +66,10 @@ stop_server() {
 }
 
 cleanup() {
+  if [ -n "$client_pid" ]; then
+    kill -TERM "$client_pid" 2>/dev/null || true
+    wait "$client_pid" 2>/dev/null || true
+  fi
   stop_server
   rm -rf "$work"
 }
@@ -155,18 +160,24 @@ start_nchan() {
   pids="$server_pid,${workers// /,}"
 }
 
-# Runs one scenario of the load client and records its result line.
+# Runs one scenario of the load client and records its result line. The
+# client runs in the background because bash runs a signal trap during
+# `wait` at once, but only after a foreground command ends.
 load() {
   local scenario=$1
   shift
-  local output
-  if ! output=$(target/release/examples/load "$scenario" --label "$label" --pids "$pids" \
-    --publish-url "$publish_url" --subscribe-url "$subscribe_url" --body "$body" "$@"); then
+  local output="$work/load.out"
+  target/release/examples/load "$scenario" --label "$label" --pids "$pids" \
+    --publish-url "$publish_url" --subscribe-url "$subscribe_url" --body "$body" "$@" >"$output" &
+  client_pid=$!
+  if ! wait "$client_pid"; then
+    client_pid=""
     echo "error: $label $scenario failed; stopping the benchmark" >&2
     exit 1
   fi
-  grep '^{' <<<"$output" >>"$results"
-  grep '^# ' <<<"$output" | sed 's/^# /    /'
+  client_pid=""
+  grep '^{' "$output" >>"$results"
+  grep '^# ' "$output" | sed 's/^# /    /'
   # Let closed connections drain before the next scenario.
   sleep 1
 }
