@@ -1,0 +1,166 @@
+//! A load client that measures Broker and nchan with identical client work.
+//!
+//! It speaks raw HTTP/1.1 over loopback TCP with keep-alive, runs on a
+//! tokio current-thread runtime so that it uses at most about one core, and
+//! prints one JSON result line and one human-readable line per run.
+//! `benches/run.sh` runs every scenario against every server and writes
+//! `docs/benchmarks.md` with the `report` sub-command.
+//!
+//! ```text
+//! load fanout   --subscribers N --rate R --seconds S [--publish-connections K]
+//! load idle     --connections N [--settle S]
+//! load inserts  --clients C --seconds S
+//! load sync     --names N [--clients C] [--repeat R]      (Broker only)
+//! load schedule --events N [--clients C]                  (Broker only)
+//! load report   --results FILE --page FILE [--machine FILE] [--command TEXT]
+//! load free-port                                          (prints a free loopback TCP port)
+//!
+//! Options of the load scenarios:
+//!   --publish-url URL     where bodies are POSTed, e.g. http://127.0.0.1:8080/insert
+//!   --subscribe-url URL   the SSE stream, e.g. http://127.0.0.1:8080/events?event=bench
+//!   --body TEMPLATE       request body; $T becomes the send time in microseconds
+//!                         since the Unix epoch (default {"event":"bench","data":{"t":$T}})
+//!   --pids PID,PID        server processes whose CPU time and memory are summed
+//!   --label TEXT          system name written into the result line
+//! ```
+
+mod args;
+mod http;
+mod probe;
+mod report;
+mod scenario;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use args::Args;
+use http::Url;
+use probe::Processes;
+use scenario::Target;
+
+const USAGE: &str = "usage: load fanout|idle|inserts|sync|schedule|report [--option value]...; \
+the first lines of examples/load/main.rs list every option";
+
+fn main() -> ExitCode {
+    let mut args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("error: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.scenario == "report" {
+        return finish(report::run(&mut args).map(|()| None));
+    }
+    if args.scenario == "free-port" {
+        return finish(free_port().map(|()| None));
+    }
+    raise_open_file_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("failed to build the tokio runtime");
+    finish(runtime.block_on(run(args)).map(Some))
+}
+
+fn finish(result: Result<Option<Value>, String>) -> ExitCode {
+    match result {
+        Ok(Some(line)) => {
+            println!("{line}");
+            println!("# {}", report::human_line(&line));
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a TCP port that is free on 127.0.0.1 now, for a server that
+/// cannot pick its own. Another process may take it before the server binds.
+fn free_port() -> Result<(), String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|error| format!("failed to bind 127.0.0.1:0: {error}"))?;
+    let port = listener
+        .local_addr()
+        .map_err(|error| error.to_string())?
+        .port();
+    println!("{port}");
+    Ok(())
+}
+
+/// Raises the soft open-file limit to the hard limit, because each stream
+/// is one file and 10,000 streams exceed the common soft limit of 1024.
+fn raise_open_file_limit() {
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((_, hard)) => {
+            if let Err(error) = rlimit::increase_nofile_limit(hard) {
+                eprintln!("warning: failed to raise the open-file limit to {hard}: {error}");
+            }
+        }
+        Err(error) => eprintln!("warning: failed to read the open-file limit: {error}"),
+    }
+}
+
+async fn run(mut args: Args) -> Result<Value, String> {
+    let label = args
+        .optional::<String>("label")?
+        .unwrap_or_else(|| "unnamed".into());
+    let target = Target {
+        publish: Url::parse(&args.required::<String>("publish-url")?)?,
+        subscribe: Url::parse(&args.required::<String>("subscribe-url")?)?,
+        body: args
+            .optional("body")?
+            .unwrap_or_else(|| r#"{"event":"bench","data":{"t":$T}}"#.into()),
+        servers: Processes::new(args.list("pids")?),
+    };
+    let scenario = args.scenario.clone();
+    let result = match scenario.as_str() {
+        "fanout" => {
+            let subscribers = args.required("subscribers")?;
+            let rate: f64 = args.required("rate")?;
+            let seconds: f64 = args.required("seconds")?;
+            let connections = args.optional("publish-connections")?.unwrap_or(1);
+            args.finish()?;
+            if rate <= 0.0 || seconds <= 0.0 || connections == 0 {
+                return Err("--rate, --seconds and --publish-connections must be above 0".into());
+            }
+            scenario::fanout(target, subscribers, rate, seconds, connections).await?
+        }
+        "idle" => {
+            let connections = args.required("connections")?;
+            let settle = args.optional("settle")?.unwrap_or(2.0);
+            args.finish()?;
+            scenario::idle(target, connections, Duration::from_secs_f64(settle)).await?
+        }
+        "inserts" => {
+            let clients = args.required("clients")?;
+            let seconds = args.required("seconds")?;
+            args.finish()?;
+            scenario::inserts(target, clients, seconds).await?
+        }
+        "sync" => {
+            let names = args.required("names")?;
+            let clients = args.optional("clients")?.unwrap_or(32);
+            let repeat = args.optional("repeat")?.unwrap_or(5);
+            args.finish()?;
+            scenario::sync(target, names, clients, repeat.max(1)).await?
+        }
+        "schedule" => {
+            let events = args.required("events")?;
+            let clients = args.optional("clients")?.unwrap_or(16);
+            args.finish()?;
+            scenario::schedule(target, events, clients).await?
+        }
+        other => return Err(format!("unknown scenario {other:?}")),
+    };
+    let mut line = json!({"label": label, "scenario": scenario});
+    if let (Value::Object(line), Value::Object(result)) = (&mut line, result) {
+        line.extend(result);
+    }
+    Ok(line)
+}

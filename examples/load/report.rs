@@ -1,0 +1,534 @@
+//! Turns result lines into the human line of a run and into the results
+//! section of `docs/benchmarks.md`.
+
+use std::fmt::Write as _;
+use std::fs;
+
+use serde_json::Value;
+
+use crate::args::Args;
+
+/// Marks the start of the generated section of the page; the text outside
+/// the markers is kept as written.
+const BEGIN: &str = "<!-- results:begin (written by benches/run.sh) -->";
+const END: &str = "<!-- results:end -->";
+
+/// Label of the comparison system in result lines.
+const NCHAN: &str = "nchan";
+
+fn number(value: &Value, path: &str) -> Option<f64> {
+    path.split('.')
+        .try_fold(value, |value, key| value.get(key))
+        .and_then(Value::as_f64)
+}
+
+fn show(value: Option<f64>) -> String {
+    match value {
+        Some(value) if value.is_finite() => {
+            if value.fract() == 0.0 || value.abs() >= 100.0 {
+                format!("{value:.0}")
+            } else if value.abs() >= 10.0 {
+                format!("{value:.1}")
+            } else {
+                format!("{value:.2}")
+            }
+        }
+        _ => "n/a".into(),
+    }
+}
+
+/// Formats a result line as one line for people to read.
+pub(crate) fn human_line(line: &Value) -> String {
+    let get = |path: &str| show(number(line, path));
+    let label = line["label"].as_str().unwrap_or_default();
+    match line["scenario"].as_str().unwrap_or_default() {
+        "fanout" => format!(
+            "{label} fanout {} subs x {}/s: {} deliveries/s, {} per server CPU-s, p50 {} ms, p99 {} ms, max {} ms, missing {}, server CPU {} s, client CPU {} s",
+            get("subscribers"), get("rate"), get("deliveries_per_second"),
+            get("deliveries_per_cpu_second"), get("latency_ms.p50"), get("latency_ms.p99"),
+            get("latency_ms.max"), get("missing"), get("server_cpu_seconds"), get("client_cpu_seconds")
+        ),
+        "idle" => format!(
+            "{label} idle {} streams: RSS {} -> {} KiB, {} KiB RSS and {} KiB PSS per stream",
+            get("connections"), get("rss_before_kib"), get("rss_after_kib"),
+            get("rss_per_connection_kib"), get("pss_per_connection_kib")
+        ),
+        "inserts" => format!(
+            "{label} inserts {} clients: {} per s, p50 {} ms, p99 {} ms, non-2xx {}, server CPU {} s, client CPU {} s",
+            get("clients"), get("inserts_per_second"), get("latency_ms.p50"),
+            get("latency_ms.p99"), get("non_2xx"), get("server_cpu_seconds"), get("client_cpu_seconds")
+        ),
+        "sync" => format!(
+            "{label} sync {} names: median {} ms, max {} ms to the last snapshot message",
+            get("names"), get("sync_median_ms"), get("sync_max_ms")
+        ),
+        "schedule" => format!(
+            "{label} schedule {} events: lateness p50 {} ms, p99 {} ms, max {} ms, missing {}",
+            get("events"), get("lateness_ms.p50"), get("lateness_ms.p99"),
+            get("lateness_ms.max"), get("missing")
+        ),
+        other => format!("{label} {other}"),
+    }
+}
+
+/// Runs the `report` sub-command: reads result lines and replaces the
+/// generated section of the page.
+pub(crate) fn run(args: &mut Args) -> Result<(), String> {
+    let results: String = args.required("results")?;
+    let page: String = args.required("page")?;
+    let machine: Option<String> = args.optional("machine")?;
+    let command: Option<String> = args.optional("command")?;
+    args.finish()?;
+
+    let text =
+        fs::read_to_string(&results).map_err(|error| format!("cannot read {results}: {error}"))?;
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| {
+            serde_json::from_str(line).map_err(|e| format!("invalid line in {results}: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let machine = match machine {
+        Some(path) => {
+            fs::read_to_string(&path).map_err(|error| format!("cannot read {path}: {error}"))?
+        }
+        None => String::new(),
+    };
+    let section = render(&lines, &machine, command.as_deref());
+
+    let old = fs::read_to_string(&page).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(begin), Some(end)) if begin < end => {
+            format!("{}{section}{}", &old[..begin], &old[end + END.len()..])
+        }
+        _ => format!("{old}{section}\n"),
+    };
+    fs::write(&page, new).map_err(|error| format!("cannot write {page}: {error}"))
+}
+
+/// The display of a result line's field in a table cell.
+#[derive(Clone, Copy)]
+enum Cell {
+    /// The number at this path.
+    Number(&'static str),
+    /// A KiB figure at this path, shown in MiB.
+    Mib(&'static str),
+    /// This system's figure at the path divided by nchan's.
+    VsNchan(&'static str),
+    /// The JSON at this path as written.
+    Json(&'static str),
+    /// The table's metric in every run, in run order.
+    Runs,
+}
+
+/// One table of the page: the result lines of a scenario, one table per
+/// distinct value of `key` (such as the subscriber count).
+struct Table {
+    scenario: &'static str,
+    key: &'static str,
+    /// Heading, with `{key}` standing for the key's value.
+    title: &'static str,
+    /// Text between the heading and the table.
+    note: &'static str,
+    /// The figure by which the median of repeated runs is chosen.
+    metric: &'static str,
+    columns: &'static [(&'static str, Cell)],
+}
+
+const TABLES: &[Table] = &[
+    Table {
+        scenario: "fanout",
+        key: "subscribers",
+        title: "Fan-out: {key} subscribers",
+        note: "One publisher at a fixed rate; every subscriber gets every message. \
+               Latency is from the send time in the message body to its arrival.",
+        metric: "deliveries_per_cpu_second",
+        columns: &[
+            ("target messages/s", Cell::Number("rate")),
+            ("sent messages/s", Cell::Number("publish_rate")),
+            ("deliveries/s", Cell::Number("deliveries_per_second")),
+            ("server CPU s", Cell::Number("server_cpu_seconds")),
+            (
+                "deliveries per server CPU-s",
+                Cell::Number("deliveries_per_cpu_second"),
+            ),
+            ("× nchan", Cell::VsNchan("deliveries_per_cpu_second")),
+            ("each run", Cell::Runs),
+            ("p50 ms", Cell::Number("latency_ms.p50")),
+            ("p99 ms", Cell::Number("latency_ms.p99")),
+            ("max ms", Cell::Number("latency_ms.max")),
+            ("p99 × nchan", Cell::VsNchan("latency_ms.p99")),
+            ("missing", Cell::Number("missing")),
+            ("client CPU s", Cell::Number("client_cpu_seconds")),
+        ],
+    },
+    Table {
+        scenario: "idle",
+        key: "connections",
+        title: "Idle streams: {key} open",
+        note: "Server memory before the streams open and after they have been open for 2 s. \
+               RSS sums every server process (nginx master and worker); PSS splits shared pages.",
+        metric: "rss_per_connection_kib",
+        columns: &[
+            ("RSS before MiB", Cell::Mib("rss_before_kib")),
+            ("RSS after MiB", Cell::Mib("rss_after_kib")),
+            ("RSS KiB per stream", Cell::Number("rss_per_connection_kib")),
+            ("× nchan", Cell::VsNchan("rss_per_connection_kib")),
+            ("PSS KiB per stream", Cell::Number("pss_per_connection_kib")),
+            ("× nchan (PSS)", Cell::VsNchan("pss_per_connection_kib")),
+            ("connect s", Cell::Number("connect_seconds")),
+        ],
+    },
+    Table {
+        scenario: "inserts",
+        key: "clients",
+        title: "Inserts, {key} concurrent client(s)",
+        note:
+            "Each client sends requests back to back on its own connection for 5 s. \
+               Broker's inserts are durable (fsync, group commit); nchan's publishes are in memory.",
+        metric: "inserts_per_second",
+        columns: &[
+            ("inserts/s", Cell::Number("inserts_per_second")),
+            ("× nchan", Cell::VsNchan("inserts_per_second")),
+            ("each run", Cell::Runs),
+            ("p50 ms", Cell::Number("latency_ms.p50")),
+            ("p99 ms", Cell::Number("latency_ms.p99")),
+            ("non-2xx", Cell::Number("non_2xx")),
+            ("server CPU s", Cell::Number("server_cpu_seconds")),
+            ("client CPU s", Cell::Number("client_cpu_seconds")),
+        ],
+    },
+    Table {
+        scenario: "sync",
+        key: "names",
+        title: "Sync on connect: {key} names (Broker only)",
+        note: "Time from a new subscriber's TCP connect to its last snapshot message, \
+               for connections made one after another.",
+        metric: "sync_max_ms",
+        columns: &[
+            ("median ms", Cell::Number("sync_median_ms")),
+            ("max ms", Cell::Number("sync_max_ms")),
+            ("each run, ms", Cell::Json("sync_ms")),
+            ("loading the names s", Cell::Number("load_seconds")),
+        ],
+    },
+    Table {
+        scenario: "schedule",
+        key: "events",
+        title: "Scheduling: {key} events due at the same second (Broker only)",
+        note: "Lateness of each arrival after the start of the second the events are due.",
+        metric: "lateness_ms.p99",
+        columns: &[
+            ("p50 ms", Cell::Number("lateness_ms.p50")),
+            ("p99 ms", Cell::Number("lateness_ms.p99")),
+            ("max ms", Cell::Number("lateness_ms.max")),
+            ("missing", Cell::Number("missing")),
+            (
+                "inserts done before due, ms",
+                Cell::Number("inserted_before_due_ms"),
+            ),
+        ],
+    },
+];
+
+/// Result lines of `scenario` whose `key` field equals `value`.
+fn select<'a>(lines: &'a [Value], scenario: &str, key: &str, value: &Value) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|line| line["scenario"] == scenario && &line[key] == value)
+        .collect()
+}
+
+/// Distinct values of `key` among the lines of a scenario, in order.
+fn variants(lines: &[Value], scenario: &str, key: &str) -> Vec<Value> {
+    let mut seen: Vec<Value> = Vec::new();
+    for line in lines.iter().filter(|line| line["scenario"] == scenario) {
+        if !seen.contains(&line[key]) {
+            seen.push(line[key].clone());
+        }
+    }
+    seen
+}
+
+/// Field added to a chosen line: the table's metric in every run.
+const RUNS: &str = "runs";
+
+/// Keeps one line per scenario, key value and system: the run with the
+/// median metric (the lower middle one of an even count), with every run's
+/// metric added under [`RUNS`].
+fn median_runs(lines: &[Value]) -> Vec<Value> {
+    let mut chosen = Vec::new();
+    for table in TABLES {
+        let mut groups: Vec<Vec<&Value>> = Vec::new();
+        for line in lines
+            .iter()
+            .filter(|line| line["scenario"] == table.scenario)
+        {
+            let same = |other: &&Value| {
+                other["label"] == line["label"] && other[table.key] == line[table.key]
+            };
+            match groups.iter_mut().find(|group| same(&group[0])) {
+                Some(group) => group.push(line),
+                None => groups.push(vec![line]),
+            }
+        }
+        for group in groups {
+            let runs: Vec<Value> = group
+                .iter()
+                .map(|line| number(line, table.metric).map_or(Value::Null, Value::from))
+                .collect();
+            let mut sorted = group.clone();
+            sorted.sort_by(|a, b| {
+                let metric = |line: &Value| number(line, table.metric).unwrap_or(f64::NAN);
+                metric(a).total_cmp(&metric(b))
+            });
+            let mut line = sorted[(sorted.len() - 1) / 2].clone();
+            line[RUNS] = Value::from(runs);
+            chosen.push(line);
+        }
+    }
+    chosen
+}
+
+fn render(lines: &[Value], machine: &str, command: Option<&str>) -> String {
+    let lines = &median_runs(lines);
+    let mut out = String::new();
+    let _ = writeln!(out, "{BEGIN}\n");
+    let _ = writeln!(out, "## Machine and command\n");
+    let _ = writeln!(out, "{}\n", machine.trim_end());
+    if let Some(command) = command {
+        let _ = writeln!(out, "Command: `{command}`\n");
+    }
+    let _ = writeln!(
+        out,
+        "Every absolute figure below is from this 2-core machine, which other work shares. \
+         Where a scenario ran more than once, a row shows the run with the median of the \
+         table's main figure, and the column \"each run\" lists that figure for every run. \
+         A ratio divides a system's row by nchan's row.\n"
+    );
+    render_targets(&mut out, lines);
+    for table in TABLES {
+        for value in variants(lines, table.scenario, table.key) {
+            render_table(
+                &mut out,
+                table,
+                &select(lines, table.scenario, table.key, &value),
+                &value,
+            );
+        }
+    }
+    let _ = write!(out, "{END}");
+    out
+}
+
+fn row(out: &mut String, cells: &[String]) {
+    let _ = writeln!(out, "| {} |", cells.join(" | "));
+}
+
+fn render_table(out: &mut String, table: &Table, lines: &[&Value], key: &Value) {
+    let title = table.title.replace("{key}", &show(key.as_f64()));
+    let _ = writeln!(
+        out,
+        "## {title} (2-core shared machine)\n\n{}\n",
+        table.note
+    );
+    let mut head = vec!["system".to_string()];
+    head.extend(table.columns.iter().map(|(name, _)| name.to_string()));
+    row(out, &head);
+    let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+    let nchan = lines.iter().copied().find(|line| line["label"] == NCHAN);
+    for &line in lines {
+        let mut cells = vec![line["label"].as_str().unwrap_or_default().to_string()];
+        for &(_, cell) in table.columns {
+            cells.push(match cell {
+                Cell::Number(path) => show(number(line, path)),
+                Cell::Mib(path) => show(number(line, path).map(|kib| kib / 1024.0)),
+                Cell::Json(path) => line[path].to_string(),
+                Cell::Runs => line[RUNS]
+                    .as_array()
+                    .map(|runs| {
+                        runs.iter()
+                            .map(|run| show(run.as_f64()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default(),
+                Cell::VsNchan(path) => match nchan {
+                    Some(nchan) if line["label"] != NCHAN => {
+                        number(line, path).zip(number(nchan, path)).map_or_else(
+                            || "n/a".into(),
+                            |(own, theirs)| format!("{:.2}×", own / theirs),
+                        )
+                    }
+                    _ => String::new(),
+                },
+            });
+        }
+        row(out, &cells);
+    }
+    let _ = writeln!(out);
+}
+
+/// Finds the line of `system` for `scenario` whose `key` field equals `value`
+/// (any line of the scenario when `key` is empty).
+fn find<'a>(
+    lines: &'a [Value],
+    scenario: &str,
+    key: &str,
+    value: &Value,
+    system: &str,
+) -> Option<&'a Value> {
+    lines.iter().find(|line| {
+        line["scenario"] == scenario
+            && line["label"] == system
+            && (key.is_empty() || &line[key] == value)
+    })
+}
+
+/// A target's verdict for one system: whether it is met, and the figures.
+type Verdict = Option<(bool, String)>;
+
+/// Checks that `own / nchan's` of the figure at `path` is at least
+/// `minimum` (or at most `maximum`), and reports by how much it misses.
+fn ratio_target(
+    own: &Value,
+    nchan: &Value,
+    path: &str,
+    minimum: Option<f64>,
+    maximum: Option<f64>,
+) -> Verdict {
+    let ratio = number(own, path)? / number(nchan, path)?;
+    if let Some(minimum) = minimum {
+        let met = ratio >= minimum;
+        let short = (1.0 - ratio / minimum) * 100.0;
+        let detail = if met {
+            format!("{ratio:.2}×")
+        } else {
+            format!("{ratio:.2}×, {short:.0}% short of {minimum}×")
+        };
+        return Some((met, detail));
+    }
+    let maximum = maximum?;
+    let met = ratio <= maximum;
+    let detail = if met {
+        format!("{ratio:.2}×")
+    } else {
+        format!(
+            "{ratio:.2}×, {:.2}× the allowed {maximum}×",
+            ratio / maximum
+        )
+    };
+    Some((met, detail))
+}
+
+/// Checks that the figure at `path`, in ms, is below `limit`.
+fn limit_target(line: &Value, path: &str, limit: f64) -> Verdict {
+    let value = number(line, path)?;
+    let met = value < limit;
+    let mut detail = format!("{} ms", show(Some(value)));
+    if !met {
+        let _ = write!(detail, ", {:.2}× the limit", value / limit);
+    }
+    Some((met, detail))
+}
+
+fn render_targets(out: &mut String, lines: &[Value]) {
+    let mut systems: Vec<&str> = Vec::new();
+    for line in lines {
+        let label = line["label"].as_str().unwrap_or_default();
+        if label != NCHAN && !systems.contains(&label) {
+            systems.push(label);
+        }
+    }
+    let _ = writeln!(out, "## Targets\n");
+    let mut head = vec!["target".to_string()];
+    head.extend(systems.iter().map(|system| system.to_string()));
+    row(out, &head);
+    let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+    let mut target_row = |name: String, check: &dyn Fn(&str) -> Verdict| {
+        let mut cells = vec![name];
+        for system in &systems {
+            cells.push(match check(system) {
+                Some((true, detail)) => format!("met: {detail}"),
+                Some((false, detail)) => format!("**missed**: {detail}"),
+                None => "not measured".into(),
+            });
+        }
+        row(out, &cells);
+    };
+
+    for subscribers in variants(lines, "fanout", "subscribers") {
+        let count = show(subscribers.as_f64());
+        let pair = |system: &str| {
+            let own = find(lines, "fanout", "subscribers", &subscribers, system)?;
+            Some((
+                own,
+                find(lines, "fanout", "subscribers", &subscribers, NCHAN)?,
+            ))
+        };
+        target_row(
+            format!("fan-out, {count} subscribers: deliveries per server CPU-second ≥ 2× nchan's"),
+            &|system| {
+                let (own, nchan) = pair(system)?;
+                ratio_target(own, nchan, "deliveries_per_cpu_second", Some(2.0), None)
+            },
+        );
+        target_row(
+            format!("fan-out, {count} subscribers: p99 latency ≤ nchan's, nothing missing"),
+            &|system| {
+                let (own, nchan) = pair(system)?;
+                let (mine, theirs) = (
+                    number(own, "latency_ms.p99")?,
+                    number(nchan, "latency_ms.p99")?,
+                );
+                let missing = number(own, "missing").unwrap_or(0.0);
+                let mut detail = format!("{} ms vs {} ms", show(Some(mine)), show(Some(theirs)));
+                if mine > theirs {
+                    let _ = write!(detail, ", {:.2}× nchan's", mine / theirs);
+                }
+                if missing > 0.0 {
+                    let _ = write!(detail, "; {missing} deliveries missing");
+                }
+                Some((mine <= theirs && missing == 0.0, detail))
+            },
+        );
+    }
+    let any = Value::Null;
+    target_row("idle RSS per stream ≤ ½ of nchan's".into(), &|system| {
+        let own = find(lines, "idle", "", &any, system)?;
+        ratio_target(
+            own,
+            find(lines, "idle", "", &any, NCHAN)?,
+            "rss_per_connection_kib",
+            None,
+            Some(0.5),
+        )
+    });
+    let sixteen = Value::from(16);
+    target_row(
+        "durable inserts at 16 clients ≥ nchan's publishes".into(),
+        &|system| {
+            let own = find(lines, "inserts", "clients", &sixteen, system)?;
+            let nchan = find(lines, "inserts", "clients", &sixteen, NCHAN)?;
+            ratio_target(own, nchan, "inserts_per_second", Some(1.0), None)
+        },
+    );
+    target_row(
+        "sync on connect, 10,000 names: slowest run < 50 ms".into(),
+        &|system| limit_target(find(lines, "sync", "", &any, system)?, "sync_max_ms", 50.0),
+    );
+    target_row(
+        "scheduling, 1,000 events due together: p99 lateness < 10 ms".into(),
+        &|system| {
+            let line = find(lines, "schedule", "", &any, system)?;
+            let (met, mut detail) = limit_target(line, "lateness_ms.p99", 10.0)?;
+            let missing = number(line, "missing").unwrap_or(0.0);
+            if missing > 0.0 {
+                let _ = write!(detail, "; {missing} events missing");
+            }
+            Some((met && missing == 0.0, detail))
+        },
+    );
+    let _ = writeln!(out);
+}
