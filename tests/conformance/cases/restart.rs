@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::{assert_on_time, record_id, ARRIVAL, QUIET};
 use crate::harness::{future_second, now_millis, now_secs, poll_until, Pair, Server};
+use crate::sse::SseClient;
 
 /// Time allowed, after a restart, for versions that fell due while the server
 /// was down to be published.
@@ -140,20 +141,25 @@ pub(crate) async fn sigterm_closes_streams(pair: Pair) {
     );
 }
 
-/// Checks that SIGTERM makes the server exit within a few seconds although
-/// a subscriber has stopped reading while megabytes were published to it.
-pub(crate) async fn sigterm_with_stalled_reader(pair: Pair) {
-    let mut server = Server::start(pair).await;
-    // Connected, then never read again.
+/// Returns a subscriber that never reads, after publishing about 20 MB to
+/// it: more than the socket buffers of both ends can absorb, so the server
+/// cannot finish its stream.
+async fn stall_subscriber(server: &Server) -> SseClient {
     let stalled = server.subscribe().await;
-
-    // About 20 MB: more than the socket buffers of both ends can absorb.
     let padding = "x".repeat(100 * 1024);
     for index in 0..200 {
         server
             .insert(&json!({ "event": "bulk", "data": { "index": index, "padding": padding } }))
             .await;
     }
+    stalled
+}
+
+/// Checks that SIGTERM makes the server exit within a few seconds although
+/// a subscriber has stopped reading while megabytes were published to it.
+pub(crate) async fn sigterm_with_stalled_reader(pair: Pair) {
+    let mut server = Server::start(pair).await;
+    let stalled = stall_subscriber(&server).await;
 
     let started = Instant::now();
     // `terminate` panics if the process has not exited within its timeout.
@@ -175,13 +181,7 @@ pub(crate) async fn sigterm_with_stalled_reader(pair: Pair) {
 /// few seconds.
 pub(crate) async fn sigterm_stops_accepting(pair: Pair) {
     let mut server = Server::start(pair).await;
-    let stalled = server.subscribe().await;
-    let padding = "x".repeat(100 * 1024);
-    for index in 0..200 {
-        server
-            .insert(&json!({ "event": "bulk", "data": { "index": index, "padding": padding } }))
-            .await;
-    }
+    let stalled = stall_subscriber(&server).await;
 
     server.signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(1);
