@@ -30,10 +30,15 @@ const MAX_HEAD: usize = 8192;
 /// Maximum headers parsed from a request head. A head with more goes to hyper.
 const MAX_HEADERS: usize = 64;
 
-/// How often a connection whose first request head is incomplete is peeked
-/// at again. Peeking does not consume the bytes, so the socket stays
-/// readable and waiting on it would return at once.
+/// The first wait before a connection whose first request head is
+/// incomplete is peeked at again. Peeking does not consume the bytes, so
+/// the socket stays readable and waiting on it would return at once. The
+/// wait doubles up to [`MAX_PEEK_INTERVAL`], so that a client that sends
+/// its head a byte at a time costs few wakeups.
 const PEEK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The longest wait between two peeks at an incomplete head.
+const MAX_PEEK_INTERVAL: Duration = Duration::from_millis(320);
 
 /// The route of a connection's first request.
 pub(crate) enum FirstRequest {
@@ -62,6 +67,7 @@ pub(crate) struct Head {
 /// `deadline` passes, and returns its route.
 pub(crate) async fn first_request(stream: &TcpStream, deadline: Instant) -> FirstRequest {
     let mut buffer = vec![0u8; MAX_HEAD];
+    let mut interval = PEEK_INTERVAL;
     loop {
         let peeked = match tokio::time::timeout_at(deadline, stream.peek(&mut buffer)).await {
             Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return FirstRequest::None,
@@ -72,10 +78,11 @@ pub(crate) async fn first_request(stream: &TcpStream, deadline: Instant) -> Firs
             Parsed::Other => return FirstRequest::Other,
             Parsed::Partial if peeked == MAX_HEAD => return FirstRequest::Other,
             Parsed::Partial => {
-                if Instant::now() + PEEK_INTERVAL > deadline {
+                if Instant::now() >= deadline {
                     return FirstRequest::None;
                 }
-                tokio::time::sleep(PEEK_INTERVAL).await;
+                tokio::time::sleep_until(deadline.min(Instant::now() + interval)).await;
+                interval = (interval * 2).min(MAX_PEEK_INTERVAL);
             }
         }
     }
