@@ -74,6 +74,11 @@ pub async fn serve(broker: Broker, listen: impl Into<Listen>) -> io::Result<()> 
 /// [`Config::request_timeout`](crate::Config::request_timeout), and is closed
 /// at once when its subscriber falls behind.
 ///
+/// A connection whose first request is `GET /events` is served without
+/// hyper, which would keep 16 KiB of buffers for the stream's life. Programs
+/// that serve [`router`] with their own server get the same responses
+/// through hyper.
+///
 /// # Errors
 ///
 /// Returns the I/O error that stopped the server.
