@@ -153,7 +153,7 @@ where
     Ok(())
 }
 
-/// What one connection's task serves it with.
+/// The state that one connection's task serves it with.
 struct Serving {
     broker: Broker,
     app: Router,

@@ -37,7 +37,7 @@ const MAX_HEADERS: usize = 64;
 /// its head a byte at a time costs few wakeups.
 const PEEK_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The longest wait between two peeks at an incomplete head.
+/// The maximum wait between two peeks at an incomplete head.
 const MAX_PEEK_INTERVAL: Duration = Duration::from_millis(320);
 
 /// The route of a connection's first request.

@@ -271,7 +271,7 @@ pub enum AuthError {
     InvalidToken {
         /// The role the request needs.
         role: Role,
-        /// What is wrong with the token. It never contains the token.
+        /// The reason the token is rejected. It never contains the token.
         reason: String,
     },
 

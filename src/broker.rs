@@ -376,8 +376,8 @@ impl SubscribeOptions {
     /// Closes `connection` when the broker drops this subscriber for
     /// letting its queue fill up.
     ///
-    /// Without it, a subscriber that stops reading is only told that its
-    /// stream ended when it is next polled, which an HTTP server does not do
+    /// Without it, the stream of a subscriber that stops reading ends only
+    /// when the stream is next polled, which an HTTP server does not do
     /// while the client's socket is full.
     pub fn close_on_overflow(mut self, connection: Connection) -> Self {
         self.connection = Some(connection);

@@ -240,17 +240,17 @@ const RESERVED_FILES: u64 = 64;
 /// configured limit, the default is lowered to fit the hard limit; a
 /// configured one is kept, with a warning.
 fn connection_limit(configured: Option<usize>) -> usize {
-    let wanted = configured.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-    let needed = (wanted as u64).saturating_add(RESERVED_FILES);
+    let requested = configured.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let needed = (requested as u64).saturating_add(RESERVED_FILES);
     let limit = match rlimit::increase_nofile_limit(needed) {
         Ok(limit) => limit,
         Err(error) => {
             warn!(%error, "failed to read or raise the open-file limit");
-            return wanted;
+            return requested;
         }
     };
     if limit >= needed {
-        return wanted;
+        return requested;
     }
     let fitting = usize::try_from(limit.saturating_sub(RESERVED_FILES))
         .unwrap_or(usize::MAX)
@@ -268,10 +268,10 @@ fn connection_limit(configured: Option<usize>) -> usize {
             warn!(
                 open_file_limit = limit,
                 files_needed = needed,
-                max_connections = wanted,
+                max_connections = requested,
                 "the open-file limit is below what BROKER_MAX_CONNECTIONS needs, so connections past it will wait; raise `ulimit -Hn` or lower BROKER_MAX_CONNECTIONS"
             );
-            wanted
+            requested
         }
     }
 }

@@ -13,7 +13,7 @@ use super::ARRIVAL;
 use crate::harness::{poll_until, Launch, Pair, Server};
 use crate::sse::SseClient;
 
-/// Sends `GET path` on a new connection that asks to be closed after the
+/// Sends `GET path` on a new connection that requests a close after the
 /// response, and returns the status code and the body.
 async fn get_once(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr)
