@@ -16,6 +16,25 @@ pub mod sled;
 #[cfg(any(feature = "redb", feature = "sled"))]
 pub use self::kind::StorageKind;
 
+/// Returns the (timestamp, record id) of every record to publish at `now`:
+/// the due keys of earlier pending records and the new records due at
+/// `now`, which get no pending key, in publication order.
+#[cfg(any(feature = "redb", feature = "sled"))]
+fn publication_order(
+    mut pending_due: Vec<(u64, u64)>,
+    stored: &[crate::Record],
+    now: u64,
+) -> Vec<(u64, u64)> {
+    pending_due.extend(
+        stored
+            .iter()
+            .filter(|record| record.timestamp <= now)
+            .map(|record| (record.timestamp, record.id)),
+    );
+    pending_due.sort_unstable();
+    pending_due
+}
+
 /// A failed read or write in an embedded backend: the backend's own error,
 /// or a stored value that does not decode.
 #[cfg(any(feature = "redb", feature = "sled"))]

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use super::codec::{decode, encode};
+use super::publication_order;
 use crate::error::StorageError;
 use crate::event::{Publication, Record};
 use crate::storage::{Appended, Storage, Version};
@@ -189,6 +190,10 @@ impl Storage for RedbStorage {
             .map_err(|failure| failure.during("collection"))
     }
 
+    fn due(&self, now: u64) -> Result<Vec<Record>, StorageError> {
+        self.try_due(now).map_err(|failure| failure.during("due"))
+    }
+
     fn reopen(&self) -> Result<(), StorageError> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         if db.is_none() {
@@ -208,13 +213,18 @@ impl RedbStorage {
             let mut publications = txn.open_table(PUBLICATIONS)?;
             let mut current = txn.open_table(CURRENT)?;
 
-            // Store the new versions as pending records.
+            // Store the new versions. Only those due later go into
+            // `pending`: the ones due now are published below, in this
+            // transaction, and leaving `pending` untouched saves its pages
+            // from this commit.
             let first_id = last_key(&records)? + 1;
             let mut stored = Vec::with_capacity(versions.len());
             for (id, version) in (first_id..).zip(versions) {
                 records.insert(id, encode(version).as_slice())?;
                 by_event.insert((version.event.as_str(), id), ())?;
-                pending.insert((version.timestamp, id), ())?;
+                if version.timestamp > now {
+                    pending.insert((version.timestamp, id), ())?;
+                }
                 stored.push(Record {
                     id,
                     event: version.event.clone(),
@@ -224,15 +234,19 @@ impl RedbStorage {
                 });
             }
 
-            // Publish everything due, in (timestamp, id) order.
-            let due = pending
+            // Publish everything due, older pending records and new ones
+            // alike, in (timestamp, id) order.
+            let pending_due = pending
                 .range(..=(now, u64::MAX))?
                 .map(|entry| entry.map(|(key, _)| key.value()))
                 .collect::<Result<Vec<_>, _>>()?;
+            let due = publication_order(pending_due, &stored, now);
             let mut publication_id = last_key(&publications)?;
             let mut published = Vec::with_capacity(due.len());
             for (timestamp, record_id) in due {
-                pending.remove((timestamp, record_id))?;
+                if record_id < first_id {
+                    pending.remove((timestamp, record_id))?;
+                }
                 publication_id += 1;
                 publications.insert(publication_id, record_id)?;
 
@@ -309,6 +323,20 @@ impl RedbStorage {
             });
         }
         Ok(page)
+    }
+
+    fn try_due(&self, now: u64) -> Result<Vec<Record>, Failure> {
+        let txn = self.database()?.begin_read()?;
+        let records = txn.open_table(RECORDS)?;
+        let pending = txn.open_table(PENDING)?;
+
+        let mut due = Vec::new();
+        for entry in pending.range(..=(now, u64::MAX))? {
+            let (key, _) = entry?;
+            let (_, id) = key.value();
+            due.push(read_record(&records, id, false)?);
+        }
+        Ok(due)
     }
 
     fn try_collection(&self, event: &str) -> Result<Vec<Record>, Failure> {

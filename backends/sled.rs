@@ -32,6 +32,7 @@ use std::sync::RwLock;
 use ::sled::{Batch, Db, IVec, Tree};
 
 use super::codec::{decode, encode};
+use super::publication_order;
 use crate::error::StorageError;
 use crate::event::{Publication, Record};
 use crate::storage::{Appended, Storage, Version};
@@ -147,12 +148,15 @@ impl SledDb {
         let first_id = self.last_id(RECORD)? + 1;
         let mut batch = Batch::default();
 
-        // Store the new versions as pending records.
+        // Store the new versions. Only those due later get a pending key:
+        // the ones due now are published below, in this batch.
         let mut stored = Vec::with_capacity(versions.len());
         for (id, version) in (first_id..).zip(versions) {
             batch.insert(key(RECORD, &id.to_be_bytes()), encode(version));
             batch.insert(by_event_key(&version.event, id), &[]);
-            batch.insert(pending_key(version.timestamp, id), &[]);
+            if version.timestamp > now {
+                batch.insert(pending_key(version.timestamp, id), &[]);
+            }
             stored.push(Record {
                 id,
                 event: version.event.clone(),
@@ -164,27 +168,23 @@ impl SledDb {
 
         // Due records: the stored ones, merged with the new ones, in
         // (timestamp, id) order.
-        let mut due: Vec<(u64, u64)> = Vec::new();
+        let mut pending_due: Vec<(u64, u64)> = Vec::new();
         for entry in self
             .tree
             .range(pending_key(0, 0)..=pending_key(now, u64::MAX))
         {
             let (key, _) = entry?;
-            due.push(parse_pending_key(&key)?);
+            pending_due.push(parse_pending_key(&key)?);
         }
-        due.extend(
-            stored
-                .iter()
-                .filter(|record| record.timestamp <= now)
-                .map(|record| (record.timestamp, record.id)),
-        );
-        due.sort_unstable();
+        let due = publication_order(pending_due, &stored, now);
 
         // Publish them.
         let mut publication_id = self.last_id(PUBLICATION)?;
         let mut published = Vec::with_capacity(due.len());
         for (timestamp, record_id) in due {
-            batch.remove(pending_key(timestamp, record_id));
+            if record_id < first_id {
+                batch.remove(pending_key(timestamp, record_id));
+            }
             publication_id += 1;
             batch.insert(
                 key(PUBLICATION, &publication_id.to_be_bytes()),
@@ -273,6 +273,21 @@ impl SledDb {
         Ok(page)
     }
 
+    fn try_due(&self, now: u64) -> Result<Vec<Record>, Failure> {
+        let mut due = Vec::new();
+        for entry in self
+            .tree
+            .range(pending_key(0, 0)..=pending_key(now, u64::MAX))
+        {
+            let (key, _) = entry?;
+            let (_, id) = parse_pending_key(&key)?;
+            let mut record = self.read_record(id)?;
+            record.published = false;
+            due.push(record);
+        }
+        Ok(due)
+    }
+
     fn try_collection(&self, event: &str) -> Result<Vec<Record>, Failure> {
         let mut prefix = key(BY_EVENT, event.as_bytes());
         prefix.push(0);
@@ -358,6 +373,10 @@ impl Storage for SledStorage {
 
     fn collection(&self, event: &str) -> Result<Vec<Record>, StorageError> {
         self.read("collection", |db| db.try_collection(event))
+    }
+
+    fn due(&self, now: u64) -> Result<Vec<Record>, StorageError> {
+        self.read("due", |db| db.try_due(now))
     }
 
     fn reopen(&self) -> Result<(), StorageError> {

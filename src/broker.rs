@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::connection::{Connection, Connections};
-use crate::core::{self, Command, Core, Start, StorageFailure};
+use crate::core::{self, Command, Core, SentAhead, Start, StorageFailure};
 use crate::error::{Error, StorageError};
 use crate::event::{NewEvent, Publication, Record};
 use crate::sse;
@@ -45,6 +45,8 @@ struct Inner {
     storage: Arc<dyn Storage>,
     /// The last failure, set by the core while appends fail.
     storage_failure: StorageFailure,
+    /// Records that subscribers received before storage marked them published.
+    sent_ahead: SentAhead,
     /// Client connections that the runtime serving this broker accepted.
     connections: Connections,
     /// Subscriptions not yet dropped.
@@ -117,6 +119,8 @@ impl Broker {
         let queue_capacity = config.queue_capacity;
         let storage_failure: StorageFailure = Arc::new(Mutex::new(None));
         let core_storage_failure = storage_failure.clone();
+        let sent_ahead = SentAhead::default();
+        let core_sent_ahead = sent_ahead.clone();
 
         thread::Builder::new()
             .name("broker-core".into())
@@ -125,6 +129,7 @@ impl Broker {
                     let core = Core::start(
                         storage.clone(),
                         core_storage_failure,
+                        core_sent_ahead,
                         command_queue,
                         queue_capacity,
                     )?;
@@ -163,6 +168,7 @@ impl Broker {
                 reads,
                 storage,
                 storage_failure,
+                sent_ahead,
                 connections: Connections::new(config.max_connections),
                 subscriptions: Arc::new(AtomicUsize::new(0)),
                 config,
@@ -276,10 +282,20 @@ impl Broker {
     /// Returns [`Error::Storage`] when the read fails.
     pub async fn collection(&self, event: &str) -> Result<Vec<Record>, Error> {
         let event = event.to_owned();
-        self.read(move |storage| storage.collection(&event))
-            .await
-            .map_err(|_| Error::Stopped)?
-            .map_err(Error::from)
+        let sent_ahead = self.inner.sent_ahead.clone();
+        self.read(move |storage| {
+            // Copied before the read: a record that left the set since was
+            // stored as published before the read began.
+            let sent_ahead = sent_ahead.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut records = storage.collection(&event)?;
+            for record in &mut records {
+                record.published |= sent_ahead.contains(&record.id);
+            }
+            Ok(records)
+        })
+        .await
+        .map_err(|_| Error::Stopped)?
+        .map_err(Error::from)
     }
 
     /// Checks that the core is running, that the last append succeeded, and

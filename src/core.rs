@@ -23,7 +23,7 @@ use crate::connection::Connection;
 use crate::error::{Error, StorageError};
 use crate::event::{Publication, Record};
 use crate::sse;
-use crate::storage::{Storage, Version};
+use crate::storage::{Appended, Storage, Version};
 
 /// Maximum inserts committed in one storage append.
 const MAX_BATCH: usize = 1024;
@@ -70,6 +70,13 @@ pub(crate) enum Command {
 /// The core sets and clears it, and health checks read it.
 pub(crate) type StorageFailure = Arc<Mutex<Option<Arc<StorageError>>>>;
 
+/// The ids of records sent to subscribers as published before the append
+/// that publishes them succeeded. The core adds them before it sends them
+/// and removes them after that append, so a collection read that copies
+/// this set before it reads storage sees every record a client has
+/// received as published.
+pub(crate) type SentAhead = Arc<Mutex<HashSet<u64>>>;
+
 /// A new subscriber's start and live queue, as the core hands them out.
 pub(crate) struct Subscriber {
     pub(crate) id: u64,
@@ -90,6 +97,16 @@ pub(crate) enum Start {
     Replay { after: u64, until: u64 },
 }
 
+/// A publication sent to subscribers before the append that publishes it
+/// has succeeded.
+struct Unsynced {
+    /// The id of the published record.
+    record: u64,
+    timestamp: u64,
+    event: String,
+    frame: Bytes,
+}
+
 /// A registered subscriber's live queue, name filter and connection.
 struct Entry {
     queue: Sender<Bytes>,
@@ -102,6 +119,7 @@ pub(crate) struct Core {
     storage: Arc<dyn Storage>,
     /// Set while appends fail, for health checks.
     failure: StorageFailure,
+    sent_ahead: SentAhead,
     commands: Receiver<Command>,
     /// Live queues by subscriber id. Queues are unbounded channels whose
     /// length the core checks before each send, because a bounded
@@ -116,6 +134,11 @@ pub(crate) struct Core {
     current_ids: HashMap<String, u64>,
     /// The latest publication id, 0 before the first publication.
     last_publication: u64,
+    /// Due records sent before the append that publishes them succeeded,
+    /// by publication id. They have the latest ids. The map is empty except
+    /// from sending them until that append succeeds, which takes one sync
+    /// normally and longer while storage fails.
+    unsynced: BTreeMap<u64, Unsynced>,
     /// Timestamp of the earliest pending version.
     next_due: Option<u64>,
     /// When to reopen the storage and write again, set while storage fails.
@@ -134,12 +157,14 @@ impl Core {
     pub(crate) fn start(
         storage: Arc<dyn Storage>,
         failure: StorageFailure,
+        sent_ahead: SentAhead,
         commands: Receiver<Command>,
         queue_capacity: usize,
     ) -> Result<Self, StorageError> {
         let mut core = Self {
             storage,
             failure,
+            sent_ahead,
             commands,
             subscribers: HashMap::new(),
             next_subscriber: 1,
@@ -147,6 +172,7 @@ impl Core {
             current: BTreeMap::new(),
             current_ids: HashMap::new(),
             last_publication: 0,
+            unsynced: BTreeMap::new(),
             next_due: None,
             retry_at: None,
             retry_delay: RETRY_DELAY,
@@ -197,6 +223,9 @@ impl Core {
                 Some(_) => self.append(inserts),
                 None => {
                     let due = self.next_due.is_some_and(|timestamp| timestamp <= now());
+                    if due {
+                        self.send_due();
+                    }
                     if !inserts.is_empty() || due {
                         self.append(inserts);
                     }
@@ -227,27 +256,69 @@ impl Core {
         }
     }
 
+    /// Sends the records that are due to subscribers before the append that
+    /// publishes them, so that the time an append takes to sync does not
+    /// delay scheduled events.
+    ///
+    /// Nothing acknowledged can be lost by this: the records have been
+    /// durable since their insert, and [`Storage::due`] promises that the
+    /// next append publishes exactly these records under these ids. After
+    /// a crash, the first append at start publishes them again under the
+    /// same ids, before any insert. After a failed append, [`Core::write`]
+    /// repeats that append before any insert.
+    fn send_due(&mut self) {
+        let started = Instant::now();
+        let records = match self.storage.due(now()) {
+            Ok(records) => records,
+            Err(error) => {
+                warn!(%error, "failed to read the due events, publishing them after their write");
+                return;
+            }
+        };
+        let read = started.elapsed();
+        if records.is_empty() {
+            return;
+        }
+        self.sent_ahead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(records.iter().map(|record| record.id));
+        for mut record in records {
+            record.published = true;
+            let publication = Publication {
+                id: self.last_publication + 1,
+                record,
+            };
+            let frame = self.publish(&publication);
+            let sent = Unsynced {
+                record: publication.record.id,
+                timestamp: publication.record.timestamp,
+                event: publication.record.event,
+                frame,
+            };
+            self.unsynced.insert(publication.id, sent);
+        }
+        debug!(
+            publications = self.unsynced.len(),
+            read = ?read,
+            elapsed = ?started.elapsed(),
+            "sent due events ahead of their write"
+        );
+    }
+
     /// Appends a batch of inserts, publishes what is due and replies to each
     /// insert. After a storage failure, reopens the storage first.
     fn append(&mut self, inserts: Vec<(Version, InsertReply)>) {
         let (versions, replies): (Vec<Version>, Vec<InsertReply>) = inserts.into_iter().unzip();
-        let reopened = match self.retry_at {
-            Some(_) => self.storage.reopen(),
-            None => Ok(()),
-        };
-        match reopened.and_then(|()| self.storage.append(&versions, now())) {
-            Ok(appended) => {
+        match self.write(&versions) {
+            Ok(records) => {
                 if let Some(since) = self.failing_since.take() {
                     info!(failed_for = ?since.elapsed(), "storage recovered, writing again");
                 }
                 *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.retry_at = None;
                 self.retry_delay = RETRY_DELAY;
-                self.next_due = appended.next_due;
-                for publication in &appended.published {
-                    self.publish(publication);
-                }
-                for (reply, record) in replies.into_iter().zip(appended.records) {
+                for (reply, record) in replies.into_iter().zip(records) {
                     // A requester that went away still had its record stored.
                     let _ = reply.send(Ok(record));
                 }
@@ -270,6 +341,59 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Appends `versions` and publishes what became due, and returns the
+    /// stored records. After a storage failure, reopens the storage first.
+    fn write(&mut self, versions: &[Version]) -> Result<Vec<Record>, StorageError> {
+        if self.retry_at.is_some() {
+            self.storage.reopen()?;
+        }
+        // Publications already sent must keep their ids. Appends publish in
+        // (timestamp, id) order, so a new version due before one of them
+        // would take its id. In that case they are stored alone first.
+        let last_sent = self.unsynced.values().map(|sent| sent.timestamp).max();
+        if last_sent.is_some_and(|last| versions.iter().any(|version| version.timestamp < last)) {
+            let appended = self.storage.append(&[], now())?;
+            self.apply_appended(appended);
+        }
+        let appended = self.storage.append(versions, now())?;
+        Ok(self.apply_appended(appended))
+    }
+
+    /// Publishes what a successful append published, except the publications
+    /// sent before it, and returns its stored records.
+    fn apply_appended(&mut self, appended: Appended) -> Vec<Record> {
+        let sent_ahead = !self.unsynced.is_empty();
+        self.next_due = appended.next_due;
+        for publication in &appended.published {
+            match self.unsynced.remove(&publication.id) {
+                None => {
+                    self.publish(publication);
+                }
+                Some(sent) if sent.record == publication.record.id => {}
+                Some(sent) => error!(
+                    publication = publication.id,
+                    sent_record = sent.record,
+                    stored_record = publication.record.id,
+                    "storage published another record than the one sent under this id"
+                ),
+            }
+        }
+        if !self.unsynced.is_empty() {
+            error!(
+                publications = ?self.unsynced.keys().collect::<Vec<_>>(),
+                "storage did not publish records that were sent as due"
+            );
+            self.unsynced.clear();
+        }
+        if sent_ahead {
+            self.sent_ahead
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+        appended.records
     }
 
     /// Rejects inserts without a write while storage is failing, with the
@@ -299,8 +423,9 @@ impl Core {
         }
     }
 
-    /// Makes `publication` its name's current version and sends it to every subscriber.
-    fn publish(&mut self, publication: &Publication) {
+    /// Makes `publication` its name's current version, sends it to every
+    /// subscriber and returns its frame.
+    fn publish(&mut self, publication: &Publication) -> Bytes {
         let frame = sse::encode(publication);
         self.set_current(publication, frame.clone());
         debug!(
@@ -335,6 +460,7 @@ impl Core {
             }
             entry.queue.try_send(frame.clone()).is_ok()
         });
+        frame
     }
 
     fn set_current(&mut self, publication: &Publication, frame: Bytes) {
@@ -358,10 +484,12 @@ impl Core {
             return;
         }
 
+        // Publications not yet stored are read from memory, not storage.
+        let stored = self.last_publication - self.unsynced.len() as u64;
         let start = match after {
             Some(after) if after <= self.last_publication => Start::Replay {
                 after,
-                until: self.last_publication,
+                until: stored.max(after),
             },
             // An id ahead of the log, as after a data reset: the client
             // may have missed anything, so it gets the whole state.
@@ -378,6 +506,16 @@ impl Core {
         let id = self.next_subscriber;
         self.next_subscriber += 1;
         let (queue, live) = async_channel::unbounded();
+        if let Some(after) = after.filter(|&after| after <= self.last_publication) {
+            for (_, sent) in self.unsynced.range(after + 1..) {
+                if events
+                    .as_ref()
+                    .is_none_or(|events| events.contains(&sent.event))
+                {
+                    let _ = queue.try_send(sent.frame.clone());
+                }
+            }
+        }
         let subscriber = Subscriber { id, start, live };
         if reply.send(Ok(subscriber)).is_ok() {
             let entry = Entry {

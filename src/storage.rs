@@ -68,6 +68,27 @@ pub trait Storage: Send + Sync + 'static {
     /// Returns a [`StorageError`] when the read fails or a record is unreadable.
     fn current(&self) -> Result<Vec<Publication>, StorageError>;
 
+    /// Returns the pending records that an [`append`](Storage::append) of no
+    /// versions at `now` would publish, in the order it would publish them:
+    /// every pending record whose timestamp is at most `now`, in
+    /// `(timestamp, record id)` order.
+    ///
+    /// The core sends these to subscribers before that append is synced,
+    /// which keeps scheduled events on time. That is safe only because the
+    /// append publishes exactly these records, in this order, under the
+    /// next publication ids, even when it runs again after a crash. A
+    /// backend whose appends other processes can interleave must not
+    /// promise that, and keeps the default, which returns nothing: the
+    /// core then sends due records after their append is durable.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StorageError`] when the read fails or a record is unreadable.
+    fn due(&self, now: u64) -> Result<Vec<Record>, StorageError> {
+        let _ = now;
+        Ok(Vec::new())
+    }
+
     /// Returns up to `limit` publications with ids above `after`, in
     /// publication id order, each with its record.
     ///

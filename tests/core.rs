@@ -2,10 +2,15 @@
 //! drives futures with `block_on` on plain threads.
 #![cfg(any(feature = "redb", feature = "sled"))]
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use broker::{Broker, Config, NewEvent, SubscribeOptions, Subscription};
+use broker::{
+    Appended, Broker, Config, NewEvent, Publication, Record, Storage, StorageError,
+    SubscribeOptions, Subscription, Version,
+};
 use futures_lite::future::block_on;
 use futures_lite::StreamExt;
 use serde_json::json;
@@ -243,4 +248,165 @@ fn reopen_when_free(dir: &tempfile::TempDir) -> Broker {
             Err(error) => panic!("reopen failed: {error}"),
         }
     }
+}
+
+/// A real backend whose appends fail while `failing` is set, as they do
+/// while a disk is full.
+struct FailingAppends {
+    inner: Box<dyn Storage>,
+    failing: Arc<AtomicBool>,
+}
+
+impl FailingAppends {
+    fn open(dir: &tempfile::TempDir, failing: Arc<AtomicBool>) -> Self {
+        #[cfg(feature = "redb")]
+        let inner: Box<dyn Storage> =
+            Box::new(broker::backends::redb::RedbStorage::open(dir.path()).unwrap());
+        #[cfg(not(feature = "redb"))]
+        let inner: Box<dyn Storage> =
+            Box::new(broker::backends::sled::SledStorage::open(dir.path()).unwrap());
+        Self { inner, failing }
+    }
+}
+
+impl Storage for FailingAppends {
+    fn append(&self, versions: &[Version], now: u64) -> Result<Appended, StorageError> {
+        if self.failing.load(Ordering::Acquire) {
+            return Err(StorageError::backend("append", "no space left on device"));
+        }
+        self.inner.append(versions, now)
+    }
+
+    fn current(&self) -> Result<Vec<Publication>, StorageError> {
+        self.inner.current()
+    }
+
+    fn due(&self, now: u64) -> Result<Vec<Record>, StorageError> {
+        self.inner.due(now)
+    }
+
+    fn publications_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Publication>, StorageError> {
+        self.inner.publications_after(after, limit)
+    }
+
+    fn collection(&self, event: &str) -> Result<Vec<Record>, StorageError> {
+        self.inner.collection(event)
+    }
+}
+
+/// Clears `failing` after 5 s and then sets the returned flag, so that a
+/// test waiting for a publication while appends fail ends even when the
+/// broker waits for a successful append.
+fn recover_later(failing: &Arc<AtomicBool>) -> Arc<AtomicBool> {
+    let recovered = Arc::new(AtomicBool::new(false));
+    let (failing, flag) = (failing.clone(), recovered.clone());
+    thread::spawn(move || {
+        thread::sleep(Duration::from_secs(5));
+        if failing.swap(false, Ordering::AcqRel) {
+            flag.store(true, Ordering::Release);
+        }
+    });
+    recovered
+}
+
+#[test]
+fn due_event_sent_before_its_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = Arc::new(AtomicBool::new(false));
+    let storage = FailingAppends::open(&dir, failing.clone());
+    let config = Config::default().with_data_dir(dir.path());
+    let broker = block_on(Broker::with_storage(config, storage)).unwrap();
+    let mut live = subscribe(&broker, SubscribeOptions::default());
+
+    let due = now() + 1;
+    block_on(broker.insert(event("a", json!(1)).at(due).unwrap())).unwrap();
+    failing.store(true, Ordering::Release);
+
+    // The append that publishes it fails, but subscribers get it on time.
+    let recovered = recover_later(&failing);
+    let frame = block_on(live.next()).expect("the stream stays open");
+    assert!(
+        !recovered.load(Ordering::Acquire),
+        "the due event was sent only after its append succeeded"
+    );
+    assert_eq!(text(&frame), "id: 1\nevent: a\ndata: 1\n\n");
+    let sent = block_on(broker.collection("a")).unwrap();
+    assert!(
+        sent[0].published,
+        "a record that clients received reads as published"
+    );
+    let insert = block_on(broker.insert(event("b", json!(2))));
+    assert!(insert.is_err(), "inserts fail while appends fail");
+
+    // A client that resumes from before the sent publication gets it from memory.
+    let mut resumed = subscribe(&broker, SubscribeOptions::default().after(0));
+    read_exactly(&mut resumed, "id: 1\nevent: a\ndata: 1\n\n");
+
+    // After the retry, the sent publication is stored under the id it was
+    // sent with, and inserts go on from there.
+    failing.store(false, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        match block_on(broker.insert(event("b", json!(3)))) {
+            Ok(record) => break record,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+            Err(error) => panic!("storage did not recover: {error}"),
+        }
+    };
+    assert!(record.published);
+    let stored = block_on(broker.collection("a")).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(
+        stored[0].published,
+        "the sent record is stored as published"
+    );
+    let expected_next = "id: 2\nevent: b\ndata: 3\n\n";
+    read_exactly(&mut live, expected_next);
+    read_exactly(&mut resumed, expected_next);
+    let mut replayed = subscribe(&broker, SubscribeOptions::default().after(0));
+    read_exactly(
+        &mut replayed,
+        &format!("id: 1\nevent: a\ndata: 1\n\n{expected_next}"),
+    );
+}
+
+#[test]
+fn due_event_sent_then_crash_keeps_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let due = now() + 1;
+    {
+        let failing = Arc::new(AtomicBool::new(false));
+        let storage = FailingAppends::open(&dir, failing.clone());
+        let config = Config::default().with_data_dir(dir.path());
+        let broker = block_on(Broker::with_storage(config, storage)).unwrap();
+        let mut live = subscribe(&broker, SubscribeOptions::default());
+        block_on(broker.insert(event("a", json!(1)).at(due).unwrap())).unwrap();
+        block_on(broker.insert(event("b", json!(2)).at(due).unwrap())).unwrap();
+
+        // Sent, never stored as published: as if the process died first.
+        failing.store(true, Ordering::Release);
+        let recovered = recover_later(&failing);
+        read_exactly(
+            &mut live,
+            "id: 1\nevent: a\ndata: 1\n\nid: 2\nevent: b\ndata: 2\n\n",
+        );
+        assert!(
+            !recovered.load(Ordering::Acquire),
+            "the due events were sent only after their append succeeded"
+        );
+    }
+
+    // A past-due insert after the restart must not take their ids.
+    let broker = reopen_when_free(&dir);
+    let late = event("c", json!(3)).at(due - 1).unwrap();
+    block_on(broker.insert(late)).unwrap();
+    let mut replayed = subscribe(&broker, SubscribeOptions::default().after(0));
+    read_exactly(
+        &mut replayed,
+        "id: 1\nevent: a\ndata: 1\n\nid: 2\nevent: b\ndata: 2\n\nid: 3\nevent: c\ndata: 3\n\n",
+    );
 }
