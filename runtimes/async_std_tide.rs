@@ -9,8 +9,9 @@
 //!
 //! tide has had no stable release since 0.16.0, and async-std's maintainers
 //! discontinued it in 1.13.1 in favour of smol. Everything that depends on
-//! either is in this module, behind the `async-std-tide` feature, so the rest
-//! of Broker does not depend on them. Prefer `tokio-axum` for new programs.
+//! either is in this module and in `async_std_stream`, which serves SSE
+//! streams, behind the `async-std-tide` feature, so the rest of Broker does
+//! not depend on them. Prefer `tokio-axum` for new programs.
 //!
 //! async-h1, tide's HTTP server, speaks HTTP/1.1 only. It closes the
 //! connection without a response on HTTP/1.0, on a request without `Host`
@@ -24,7 +25,7 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_h1::server::ConnectionStatus;
 use async_std::net::{TcpListener, TcpStream};
@@ -37,14 +38,20 @@ use tracing::{debug, info};
 
 use crate::accept;
 use crate::api::{self, ApiError};
+use crate::async_std_stream::{self, Served};
 use crate::auth::Credentials;
 use crate::connection::Connection;
 use crate::sse::KeepAlive;
+use crate::stream::{self, FirstRequest};
 use crate::{Broker, Config, Listen};
 
 /// How often a connection with unread request bytes is checked for a
 /// closed peer.
 const PEEK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The headers timeout that async-h1 2.3 sets on its own and that this
+/// module cannot change: each request's headers must arrive within it.
+const ASYNC_H1_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds the tide [`Server`](tide::Server) for the whole API, ready to nest
 /// or serve.
@@ -72,6 +79,11 @@ pub async fn serve(broker: Broker, listen: impl Into<Listen>) -> io::Result<()> 
 
 /// Serves the API on `listen` until `shutdown` completes, then ends every
 /// SSE stream, waits up to three seconds for requests in flight, and returns.
+///
+/// A connection whose first request is `GET /events` is served without
+/// async-h1, which would copy the stream through an 8 KiB buffer for the
+/// stream's life. Programs that serve [`app`] themselves, as with tide's
+/// `listen`, get the same responses through async-h1.
 ///
 /// # Errors
 ///
@@ -138,16 +150,44 @@ struct Serving {
 }
 
 impl Serving {
-    /// Serves the requests of one connection until the client leaves, the
-    /// connection is closed by the broker, or a request's headers time out.
+    /// Serves one connection: a first request of `GET /events` on its own,
+    /// anything else with async-h1.
     async fn run(self, stream: TcpStream) {
         // Small SSE frames should leave at once rather than wait for Nagle's algorithm.
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "failed to set TCP_NODELAY");
         }
+        let timeout = self.request_timeout.min(ASYNC_H1_HEADERS_TIMEOUT);
+        let deadline = Instant::now() + timeout;
+        let first =
+            stream::first_request(&stream, deadline, async_std_stream::read_as_async_h1).await;
+        let deadline = match first {
+            FirstRequest::None => {
+                debug!(?timeout, "no request in time, closing the connection");
+                return;
+            }
+            FirstRequest::Stream(head, read) => {
+                let broker = self.app.state();
+                match async_std_stream::serve(broker, &stream, &self.connection, head, read).await {
+                    Served::Close => return,
+                    Served::KeepAlive => Instant::now() + self.request_timeout,
+                }
+            }
+            FirstRequest::Other => deadline,
+        };
+        // Unboxed, the async-h1 futures made this task about 5 KiB larger
+        // (`size_of_val` in a release build), also for a connection whose
+        // stream is served on the socket, which never runs them.
+        Box::pin(self.serve_h1(stream, deadline)).await;
+    }
+
+    /// Serves the requests of one connection with async-h1 until the client
+    /// leaves, the connection is closed by the broker, or a request's
+    /// headers time out. The first request's headers are due by `deadline`.
+    async fn serve_h1(self, stream: TcpStream, deadline: Instant) {
         let closed = pin!(peer_closed(stream.clone()));
         let evicted = self.connection.closed();
-        let served = pin!(self.requests(stream));
+        let served = pin!(self.requests(stream, deadline));
 
         // Dropping the connection's future drops an SSE response body too,
         // and with it the subscription.
@@ -162,11 +202,12 @@ impl Serving {
     }
 
     /// Reads requests and writes responses one after another, as async-h1 does,
-    /// with a deadline on each request's headers.
+    /// with a deadline on each request's headers: `deadline` for the first,
+    /// and the request timeout after the previous response for the others.
     ///
-    /// async-h1 has a headers timeout of its own, fixed at 60 seconds, so a
-    /// configured timeout longer than that acts as 60 seconds.
-    async fn requests(&self, stream: TcpStream) {
+    /// async-h1 has a headers timeout of its own, [`ASYNC_H1_HEADERS_TIMEOUT`],
+    /// so a configured timeout longer than 60 seconds acts as 60 seconds.
+    async fn requests(&self, stream: TcpStream, mut deadline: Instant) {
         let head_read = Arc::new(AtomicBool::new(false));
         let endpoint = |mut request: tide::http::Request| {
             head_read.store(true, Ordering::Release);
@@ -184,7 +225,7 @@ impl Serving {
         loop {
             head_read.store(false, Ordering::Release);
             let head_timeout = async {
-                async_std::task::sleep(self.request_timeout).await;
+                async_std::task::sleep(deadline.saturating_duration_since(Instant::now())).await;
                 if head_read.load(Ordering::Acquire) {
                     future::pending::<()>().await;
                 }
@@ -202,6 +243,7 @@ impl Serving {
                     return;
                 }
             }
+            deadline = Instant::now() + self.request_timeout;
         }
     }
 }

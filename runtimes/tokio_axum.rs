@@ -38,7 +38,8 @@ use crate::api::{self, ApiError};
 use crate::auth::Credentials;
 use crate::connection::Connection;
 use crate::sse::KeepAlive;
-use crate::tokio_stream::{self, FirstRequest};
+use crate::stream::{self, FirstRequest};
+use crate::tokio_stream;
 use crate::{Broker, Listen};
 
 /// Builds the axum [`Router`] for the whole API, ready to nest or serve.
@@ -171,12 +172,16 @@ impl Serving {
             debug!(%error, "failed to set TCP_NODELAY");
         }
         let timeout = self.broker.config().request_timeout;
-        match tokio_stream::first_request(&stream, Instant::now() + timeout).await {
+        let deadline = std::time::Instant::now() + timeout;
+        // hyper reads every `GET /events` head that parses as this module
+        // does, so each one is served on the socket.
+        let first = stream::first_request(&stream, deadline, |_, _| Some(())).await;
+        match first {
             FirstRequest::None => {
                 debug!(%peer, ?timeout, "no request in time, closing the connection");
                 return;
             }
-            FirstRequest::Stream(head) => {
+            FirstRequest::Stream(head, ()) => {
                 return tokio_stream::serve(self.broker, stream, self.connection, head).await;
             }
             FirstRequest::Other => {}

@@ -54,7 +54,8 @@
 //!
 //! tide has had no stable release since 0.16.0, and async-std's maintainers
 //! discontinued it in 1.13.1 in favour of smol. Everything that uses either
-//! stays in `async_std_tide`, behind its own feature.
+//! stays in `async_std_tide` and the private module that serves its SSE
+//! streams, behind its own feature.
 //!
 //! # Examples
 //!
@@ -121,9 +122,17 @@ pub mod backends;
 #[path = "../runtimes/tokio_axum.rs"]
 pub mod tokio_axum;
 
+#[cfg(any(feature = "tokio-axum", feature = "async-std-tide"))]
+#[path = "../runtimes/stream/mod.rs"]
+mod stream;
+
 #[cfg(feature = "tokio-axum")]
 #[path = "../runtimes/tokio_stream.rs"]
 mod tokio_stream;
+
+#[cfg(feature = "async-std-tide")]
+#[path = "../runtimes/async_std_stream.rs"]
+mod async_std_stream;
 
 #[cfg(feature = "async-std-tide")]
 #[path = "../runtimes/async_std_tide.rs"]
