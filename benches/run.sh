@@ -5,9 +5,10 @@
 #
 # It installs nginx and libnginx-mod-nchan with apt-get when they are
 # missing, which needs root, and builds Broker and the client in release.
-# Then, for each system, it starts a server on a free loopback port with a
-# temporary data folder, runs every scenario against it and stops it by its
-# PID.
+# Then it probes the machine with no server running: the disk's sync
+# latency and the CPU cost of one small loopback TCP write. For each system,
+# it starts a server on a free loopback port with a temporary data folder,
+# runs every scenario against it and stops it by its PID.
 # A run takes about 8 minutes on 2 cores after the build.
 #
 # Usage: benches/run.sh
@@ -38,6 +39,12 @@ publish_connections=16
 idle_connections=10000
 sync_names=10000
 schedule_events=1000
+# The machine probes. The loopback write probe matches each fan-out size:
+# as many connections as subscribers, written at the same 100,000 writes
+# per second, for 200,000 writes.
+fsync_count=1000
+write_floor_small=(--connections 100 --messages 2000 --rate 1000)
+write_floor_large=(--connections 1000 --messages 200 --rate 100)
 
 work=$(mktemp -d /tmp/broker-bench.XXXXXX)
 results=$root/target/bench/results.jsonl
@@ -160,26 +167,46 @@ start_nchan() {
   pids="$server_pid,${workers// /,}"
 }
 
-# Runs one scenario of the load client and records its result line. The
-# client runs in the background because bash runs a signal trap during
-# `wait` at once, but only after a foreground command ends.
-load() {
-  local scenario=$1
+# Usage: record DESCRIPTION ARGUMENT...
+# Runs the load client with the arguments, appends its result line to the
+# results and prints its human-readable line. If the client fails, it stops
+# the benchmark with an error that names DESCRIPTION. The client runs in the
+# background because bash runs a signal trap during `wait` at once, but only
+# after a foreground command ends.
+record() {
+  local description=$1
   shift
   local output="$work/load.out"
-  target/release/examples/load "$scenario" --label "$label" --pids "$pids" \
-    --publish-url "$publish_url" --subscribe-url "$subscribe_url" --body "$body" "$@" >"$output" &
+  target/release/examples/load "$@" >"$output" &
   client_pid=$!
   if ! wait "$client_pid"; then
     client_pid=""
-    echo "error: $label $scenario failed; stopping the benchmark" >&2
+    echo "error: $description failed; stopping the benchmark" >&2
     exit 1
   fi
   client_pid=""
   grep '^{' "$output" >>"$results"
   grep '^# ' "$output" | sed 's/^# /    /'
+}
+
+# Runs one scenario of the load client against the current server.
+load() {
+  local scenario=$1
+  shift
+  record "$label $scenario" "$scenario" --label "$label" --pids "$pids" \
+    --publish-url "$publish_url" --subscribe-url "$subscribe_url" --body "$body" "$@"
   # Let closed connections drain before the next scenario.
   sleep 1
+}
+
+# Runs the machine probes, before any server starts. The sync probe writes
+# in the folder that contains the servers' data folders, so it measures the
+# same file system.
+run_probes() {
+  echo "::: machine probes"
+  record "probe fsync" fsync --dir "$work" --count "$fsync_count"
+  record "probe write-floor" write-floor "${write_floor_small[@]}"
+  record "probe write-floor" write-floor "${write_floor_large[@]}"
 }
 
 # Runs the scenarios that compare with nchan. The idle one runs in the
@@ -204,6 +231,7 @@ started=$SECONDS
 # Rounds go through every system in turn, so that a slow spell of the
 # shared machine does not fall on one system alone.
 for round in $(seq "$rounds"); do
+[ "$round" = 1 ] && run_probes
 for system in $systems; do
   echo "::: round $round of $rounds: $system"
   label=$system

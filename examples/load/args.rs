@@ -7,14 +7,27 @@ use std::str::FromStr;
 #[derive(Debug)]
 pub(crate) struct Args {
     pub(crate) scenario: String,
+    /// Whether `--help` or `-h` was given, in place of the sub-command or
+    /// of an option name.
+    pub(crate) help: bool,
     options: BTreeMap<String, String>,
+}
+
+/// Returns whether `word` requests the usage text.
+fn is_help(word: &str) -> bool {
+    word == "--help" || word == "-h"
 }
 
 impl Args {
     pub(crate) fn parse(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
         let scenario = words.next().ok_or("missing sub-command")?;
+        let mut help = is_help(&scenario);
         let mut options = BTreeMap::new();
         while let Some(word) = words.next() {
+            if is_help(&word) {
+                help = true;
+                continue;
+            }
             let name = word
                 .strip_prefix("--")
                 .ok_or_else(|| format!("expected an option starting with --, found {word:?}"))?;
@@ -25,7 +38,11 @@ impl Args {
                 return Err(format!("option --{name} is given twice"));
             }
         }
-        Ok(Args { scenario, options })
+        Ok(Args {
+            scenario,
+            help,
+            options,
+        })
     }
 
     pub(crate) fn optional<T: FromStr>(&mut self, name: &str) -> Result<Option<T>, String> {
@@ -63,5 +80,46 @@ impl Args {
             Some(name) => Err(format!("unknown option --{name} for {}", self.scenario)),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(words: &[&str]) -> Result<Args, String> {
+        Args::parse(words.iter().map(|word| word.to_string()))
+    }
+
+    #[test]
+    fn help_after_sub_command() {
+        let args = parse(&["fanout", "--help"]).unwrap();
+        assert!(args.help);
+        assert_eq!(args.scenario, "fanout");
+    }
+
+    #[test]
+    fn help_between_options() {
+        let mut args = parse(&["fsync", "--dir", "/tmp", "-h", "--count", "5"]).unwrap();
+        assert!(args.help);
+        assert_eq!(args.required::<String>("dir").unwrap(), "/tmp");
+        assert_eq!(args.required::<u32>("count").unwrap(), 5);
+    }
+
+    #[test]
+    fn help_in_place_of_sub_command() {
+        assert!(parse(&["--help"]).unwrap().help);
+        assert!(parse(&["-h"]).unwrap().help);
+    }
+
+    #[test]
+    fn option_without_value_is_rejected() {
+        let error = parse(&["fanout", "--rate"]).unwrap_err();
+        assert_eq!(error, "option --rate is missing its value");
+    }
+
+    #[test]
+    fn no_help_by_default() {
+        assert!(!parse(&["idle", "--connections", "10"]).unwrap().help);
     }
 }

@@ -4,32 +4,21 @@
 //! tokio current-thread runtime so that it uses at most about one core, and
 //! prints one JSON result line and one human-readable line per run.
 //! `benches/run.sh` runs every scenario against every server and writes
-//! `docs/benchmarks.md` with the `report` sub-command.
+//! `docs/benchmarks.md` with the `report` sub-command. Two probes measure
+//! the machine itself, with no server: the disk's sync latency and the CPU
+//! cost of one small loopback write.
 //!
-//! ```text
-//! load fanout   --subscribers N --rate R --seconds S [--publish-connections K]
-//! load idle     --connections N [--settle S]
-//! load inserts  --clients C --seconds S
-//! load sync     --names N [--clients C] [--repeat R]      (Broker only)
-//! load schedule --events N [--clients C]                  (Broker only)
-//! load report   --results FILE --page FILE [--machine FILE] [--command TEXT]
-//! load free-port                                          (prints a free loopback TCP port)
-//!
-//! Options of the load scenarios:
-//!   --publish-url URL     where bodies are POSTed, e.g. http://127.0.0.1:8080/insert
-//!   --subscribe-url URL   the SSE stream, e.g. http://127.0.0.1:8080/events?event=bench
-//!   --body TEMPLATE       request body; $T becomes the send time in microseconds
-//!                         since the Unix epoch (default {"event":"bench","data":{"t":$T}})
-//!   --pids PID,PID        server processes whose CPU time and memory are summed
-//!   --label TEXT          system name written into the result line
-//! ```
+//! `USAGE` below lists the sub-commands and their options, and `load --help`
+//! prints it.
 
 mod args;
 mod http;
+mod machine;
 mod probe;
 mod report;
 mod scenario;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -40,22 +29,61 @@ use http::Url;
 use probe::Processes;
 use scenario::Target;
 
-const USAGE: &str = "usage: load fanout|idle|inserts|sync|schedule|report [--option value]...; \
-the first lines of examples/load/main.rs list every option";
+/// The usage text that `--help` prints and a usage error ends with.
+const USAGE: &str = r#"usage: load SUB-COMMAND [--option value]...
+
+load fanout      --subscribers N --rate R --seconds S [--publish-connections K]
+load idle        --connections N [--settle S]
+load inserts     --clients C --seconds S
+load sync        --names N [--clients C] [--repeat R]      (Broker only)
+load schedule    --events N [--clients C]                  (Broker only)
+load fsync       --dir PATH [--count N] [--size BYTES] [--seconds S]
+load write-floor --connections N [--messages M] [--rate R] [--size BYTES]
+load report      --results FILE --page FILE [--machine FILE] [--command TEXT]
+load free-port                                             (prints a free loopback TCP port)
+load --help                                                (prints this text)
+
+Options of the load scenarios (fanout, idle, inserts, sync, schedule):
+  --publish-url URL     where bodies are POSTed, e.g. http://127.0.0.1:8080/insert
+  --subscribe-url URL   the SSE stream, e.g. http://127.0.0.1:8080/events?event=bench
+  --body TEMPLATE       request body; $T becomes the send time in microseconds
+                        since the Unix epoch (default {"event":"bench","data":{"t":$T}})
+  --pids PID,PID        server processes whose CPU time and memory are summed
+  --label TEXT          system name written into the result line
+
+Machine probes, which need no server (--label defaults to "machine"):
+  fsync        appends BYTES (default 4096) to a new file in PATH, then calls
+               fdatasync, N times (default 1000) or for S seconds (default 10),
+               whichever ends first; reports sync latency and the inserts per
+               second it allows 1 and 16 one-request clients; deletes the file
+  write-floor  writes one BYTES-byte frame (default 60, the chunk that Broker
+               sends per delivery in the fan-out scenarios) to each of N
+               loopback TCP connections in turn, M rounds (default: 200,000
+               writes in all) at R rounds per second (default: 100,000 writes
+               per second in all); reports the writing thread's CPU time per
+               write
+"#;
 
 fn main() -> ExitCode {
     let mut args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(message) => {
-            eprintln!("error: {message}\n{USAGE}");
+            eprintln!("error: {message}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    if args.scenario == "report" {
-        return finish(report::run(&mut args).map(|()| None));
+    if args.help {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
     }
-    if args.scenario == "free-port" {
-        return finish(free_port().map(|()| None));
+    match args.scenario.as_str() {
+        "report" => return finish(report::run(&mut args).map(|()| None)),
+        "free-port" => return finish(free_port().map(|()| None)),
+        "fsync" | "write-floor" => {
+            raise_open_file_limit();
+            return finish(run_machine_probe(args).map(Some));
+        }
+        _ => {}
     }
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -156,11 +184,56 @@ async fn run(mut args: Args) -> Result<Value, String> {
             args.finish()?;
             scenario::schedule(target, events, clients).await?
         }
-        other => return Err(format!("unknown scenario {other:?}")),
+        other => return Err(format!("unknown sub-command {other:?}; run load --help")),
     };
+    Ok(result_line(label, &scenario, result))
+}
+
+/// Runs the `fsync` or `write-floor` probe, which needs no server.
+fn run_machine_probe(mut args: Args) -> Result<Value, String> {
+    let label = args
+        .optional::<String>("label")?
+        .unwrap_or_else(|| "machine".into());
+    let scenario = args.scenario.clone();
+    let result = if scenario == "fsync" {
+        let dir: PathBuf = args.required("dir")?;
+        let count = args.optional("count")?.unwrap_or(1000);
+        let size = args.optional("size")?.unwrap_or(4096);
+        let seconds: f64 = args.optional("seconds")?.unwrap_or(10.0);
+        args.finish()?;
+        let time_limit = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|limit| !limit.is_zero())
+            .ok_or_else(|| format!("invalid value {seconds} for --seconds: it must be above 0"))?;
+        machine::fsync(&dir, count, size, time_limit)?
+    } else {
+        let connections: usize = args.required("connections")?;
+        let writes_per_round = connections.max(1);
+        let messages = args
+            .optional("messages")?
+            .unwrap_or((machine::DEFAULT_WRITES / writes_per_round).max(1));
+        let rate = args
+            .optional("rate")?
+            .unwrap_or(machine::DEFAULT_WRITES_PER_SECOND / writes_per_round as f64);
+        let size = args
+            .optional("size")?
+            .unwrap_or(machine::FANOUT_FRAME_BYTES);
+        args.finish()?;
+        machine::write_floor(machine::WriteFloor {
+            connections,
+            messages,
+            rate,
+            size,
+        })?
+    };
+    Ok(result_line(label, &scenario, result))
+}
+
+/// Adds the label and the scenario name to a scenario's result fields.
+fn result_line(label: String, scenario: &str, result: Value) -> Value {
     let mut line = json!({"label": label, "scenario": scenario});
     if let (Value::Object(line), Value::Object(result)) = (&mut line, result) {
         line.extend(result);
     }
-    Ok(line)
+    line
 }

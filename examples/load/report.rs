@@ -67,6 +67,17 @@ pub(crate) fn human_line(line: &Value) -> String {
             get("events"), get("lateness_ms.p50"), get("lateness_ms.p99"),
             get("lateness_ms.max"), get("missing")
         ),
+        "fsync" => format!(
+            "{label} fsync {} x {} B appends: sync p50 {} ms, p99 {} ms, max {} ms; at most {} inserts/s for 1 one-request client, {} for 16",
+            get("syncs"), get("size_bytes"), get("sync_ms.p50"), get("sync_ms.p99"),
+            get("sync_ms.max"), get("insert_bound_per_second.1"), get("insert_bound_per_second.16")
+        ),
+        "write-floor" => format!(
+            "{label} write-floor {} connections x {} rounds of {} B: {} µs CPU per write, {} writes per CPU-s, writer CPU {} s, {} full-buffer retries",
+            get("connections"), get("messages"), get("size_bytes"),
+            get("cpu_microseconds_per_write"), get("writes_per_cpu_second"),
+            get("writer_cpu_seconds"), get("full_buffer_retries")
+        ),
         other => format!("{label} {other}"),
     }
 }
@@ -291,8 +302,9 @@ fn median_runs(lines: &[Value]) -> Vec<Value> {
     chosen
 }
 
-fn render(lines: &[Value], machine: &str, command: Option<&str>) -> String {
-    let lines = &median_runs(lines);
+fn render(all_lines: &[Value], machine: &str, command: Option<&str>) -> String {
+    let lines = &median_runs(all_lines);
+    let probes = MachineProbes::new(all_lines);
     let mut out = String::new();
     let _ = writeln!(out, "{BEGIN}\n");
     let _ = writeln!(out, "## Machine and command\n");
@@ -307,7 +319,8 @@ fn render(lines: &[Value], machine: &str, command: Option<&str>) -> String {
          table's main figure, and the column \"each run\" lists that figure for every run. \
          A ratio divides a system's row by nchan's row.\n"
     );
-    render_targets(&mut out, lines);
+    render_targets(&mut out, lines, &probes);
+    render_machine(&mut out, &probes);
     for table in TABLES {
         for value in variants(lines, table.scenario, table.key) {
             render_table(
@@ -433,7 +446,7 @@ fn limit_target(line: &Value, path: &str, limit: f64) -> Verdict {
     Some((met, detail))
 }
 
-fn render_targets(out: &mut String, lines: &[Value]) {
+fn render_targets(out: &mut String, lines: &[Value], probes: &MachineProbes) {
     let mut systems: Vec<&str> = Vec::new();
     for line in lines {
         let label = line["label"].as_str().unwrap_or_default();
@@ -441,13 +454,22 @@ fn render_targets(out: &mut String, lines: &[Value]) {
             systems.push(label);
         }
     }
+    // The column of machine bounds appears only when a probe ran, so that
+    // a page from results without probes keeps its columns.
+    let show_bounds = !probes.is_empty();
     let _ = writeln!(out, "## Targets\n");
     let mut head = vec!["target".to_string()];
+    if show_bounds {
+        head.push("machine bound, same run".to_string());
+    }
     head.extend(systems.iter().map(|system| system.to_string()));
     row(out, &head);
     let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
-    let mut target_row = |name: String, check: &dyn Fn(&str) -> Verdict| {
+    let mut target_row = |name: String, bound: Option<String>, check: &dyn Fn(&str) -> Verdict| {
         let mut cells = vec![name];
+        if show_bounds {
+            cells.push(bound.unwrap_or_default());
+        }
         for system in &systems {
             cells.push(match check(system) {
                 Some((true, detail)) => format!("met: {detail}"),
@@ -467,8 +489,11 @@ fn render_targets(out: &mut String, lines: &[Value]) {
                 find(lines, "fanout", "subscribers", &subscribers, NCHAN)?,
             ))
         };
+        let nchan_rate = find(lines, "fanout", "subscribers", &subscribers, NCHAN)
+            .and_then(|nchan| number(nchan, "deliveries_per_cpu_second"));
         target_row(
             format!("fan-out, {count} subscribers: deliveries per server CPU-second ≥ 2× nchan's"),
+            probes.delivery_bound(&subscribers, nchan_rate),
             &|system| {
                 let (own, nchan) = pair(system)?;
                 ratio_target(own, nchan, "deliveries_per_cpu_second", Some(2.0), None)
@@ -476,6 +501,7 @@ fn render_targets(out: &mut String, lines: &[Value]) {
         );
         target_row(
             format!("fan-out, {count} subscribers: p99 latency ≤ nchan's, nothing missing"),
+            None,
             &|system| {
                 let (own, nchan) = pair(system)?;
                 let (mine, theirs) = (
@@ -495,19 +521,26 @@ fn render_targets(out: &mut String, lines: &[Value]) {
         );
     }
     let any = Value::Null;
-    target_row("idle RSS per stream ≤ ½ of nchan's".into(), &|system| {
-        let own = find(lines, "idle", "", &any, system)?;
-        ratio_target(
-            own,
-            find(lines, "idle", "", &any, NCHAN)?,
-            "rss_per_connection_kib",
-            None,
-            Some(0.5),
-        )
-    });
+    target_row(
+        "idle RSS per stream ≤ ½ of nchan's".into(),
+        None,
+        &|system| {
+            let own = find(lines, "idle", "", &any, system)?;
+            ratio_target(
+                own,
+                find(lines, "idle", "", &any, NCHAN)?,
+                "rss_per_connection_kib",
+                None,
+                Some(0.5),
+            )
+        },
+    );
     let sixteen = Value::from(16);
+    let nchan_inserts = find(lines, "inserts", "clients", &sixteen, NCHAN)
+        .and_then(|nchan| number(nchan, "inserts_per_second"));
     target_row(
         "durable inserts at 16 clients ≥ nchan's publishes".into(),
+        probes.insert_bound(16, nchan_inserts),
         &|system| {
             let own = find(lines, "inserts", "clients", &sixteen, system)?;
             let nchan = find(lines, "inserts", "clients", &sixteen, NCHAN)?;
@@ -516,10 +549,12 @@ fn render_targets(out: &mut String, lines: &[Value]) {
     );
     target_row(
         "sync on connect, 10,000 names: slowest run < 50 ms".into(),
+        None,
         &|system| limit_target(find(lines, "sync", "", &any, system)?, "sync_max_ms", 50.0),
     );
     target_row(
         "scheduling, 1,000 events due together: p99 lateness < 10 ms".into(),
+        None,
         &|system| {
             let line = find(lines, "schedule", "", &any, system)?;
             let (met, mut detail) = limit_target(line, "lateness_ms.p99", 10.0)?;
@@ -531,4 +566,288 @@ fn render_targets(out: &mut String, lines: &[Value]) {
         },
     );
     let _ = writeln!(out);
+}
+
+/// Scenario name of the disk sync probe in result lines.
+const FSYNC: &str = "fsync";
+/// Scenario name of the loopback write probe in result lines.
+const WRITE_FLOOR: &str = "write-floor";
+
+/// The result lines of the machine probes, one per probe and size: the run
+/// with the median figure when a probe ran more than once.
+struct MachineProbes {
+    /// The disk sync probe, chosen by its median sync time.
+    sync: Option<Value>,
+    /// The loopback write probe per connection count, chosen by CPU per write.
+    writes: Vec<Value>,
+}
+
+impl MachineProbes {
+    fn new(lines: &[Value]) -> MachineProbes {
+        let sync = median_line(lines, FSYNC, "", &Value::Null, "sync_ms.p50");
+        let writes = variants(lines, WRITE_FLOOR, "connections")
+            .iter()
+            .filter_map(|connections| {
+                median_line(
+                    lines,
+                    WRITE_FLOOR,
+                    "connections",
+                    connections,
+                    "cpu_microseconds_per_write",
+                )
+            })
+            .collect();
+        MachineProbes { sync, writes }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sync.is_none() && self.writes.is_empty()
+    }
+
+    /// Describes the insert rate that the median sync allows `clients`
+    /// one-request clients, as a multiple of nchan's rate when known.
+    fn insert_bound(&self, clients: u32, nchan: Option<f64>) -> Option<String> {
+        let sync = self.sync.as_ref()?;
+        let bound = number(sync, &format!("insert_bound_per_second.{clients}"))?;
+        let text = format!(
+            "sync p50 {} ms: at most {} inserts/s at {clients} clients",
+            show(number(sync, "sync_ms.p50")),
+            show(Some(bound)),
+        );
+        Some(with_nchan_ratio(text, bound, nchan))
+    }
+
+    /// Describes the deliveries per CPU-second that one write per delivery
+    /// allows with `connections` connections, as a multiple of nchan's
+    /// figure when known.
+    fn delivery_bound(&self, connections: &Value, nchan: Option<f64>) -> Option<String> {
+        let line = self
+            .writes
+            .iter()
+            .find(|line| &line["connections"] == connections)?;
+        let bound = number(line, "writes_per_cpu_second")?;
+        let text = format!(
+            "one write per delivery costs {} µs of CPU: at most {} deliveries per CPU-second",
+            show(number(line, "cpu_microseconds_per_write")),
+            show(Some(bound)),
+        );
+        Some(with_nchan_ratio(text, bound, nchan))
+    }
+}
+
+/// Appends `bound` as a multiple of nchan's figure, when there is one.
+fn with_nchan_ratio(mut text: String, bound: f64, nchan: Option<f64>) -> String {
+    if let Some(nchan) = nchan {
+        let _ = write!(text, " ({:.2}× nchan's)", bound / nchan);
+    }
+    text
+}
+
+/// Finds the line of `scenario` whose `key` field equals `value` (any line
+/// of the scenario when `key` is empty) with the median figure at `metric`,
+/// the lower middle one of an even count.
+fn median_line(
+    lines: &[Value],
+    scenario: &str,
+    key: &str,
+    value: &Value,
+    metric: &str,
+) -> Option<Value> {
+    let mut matching: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["scenario"] == scenario && (key.is_empty() || &line[key] == value))
+        .collect();
+    if matching.is_empty() {
+        return None;
+    }
+    let figure = |line: &Value| number(line, metric).unwrap_or(f64::NAN);
+    matching.sort_by(|a, b| figure(a).total_cmp(&figure(b)));
+    Some(matching[(matching.len() - 1) / 2].clone())
+}
+
+fn render_machine(out: &mut String, probes: &MachineProbes) {
+    if probes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Machine limits (2-core shared machine)\n\n\
+         Two probes of the machine itself, run once before the first round with no \
+         server running. They bound the insert rate of a server that syncs before each \
+         reply, and the fan-out efficiency of a server that writes once per delivery.\n"
+    );
+    if let Some(sync) = &probes.sync {
+        let _ = writeln!(
+            out,
+            "### Disk sync\n\n\
+             Appends of {} bytes to a new file in the folder that contains the servers' data \
+             folders, each followed by `fdatasync`, timed one by one. A Broker insert replies after a sync, \
+             so C clients with one request in flight each make at most C inserts per sync, \
+             about C / (median sync time) per second.\n",
+            show(number(sync, "size_bytes"))
+        );
+        row(
+            out,
+            &[
+                "syncs",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "at most inserts/s, 1 client",
+                "at most inserts/s, 16 clients",
+            ]
+            .map(String::from),
+        );
+        let _ = writeln!(out, "|{}", "---|".repeat(6));
+        let cells = [
+            "syncs",
+            "sync_ms.p50",
+            "sync_ms.p99",
+            "sync_ms.max",
+            "insert_bound_per_second.1",
+            "insert_bound_per_second.16",
+        ]
+        .map(|path| show(number(sync, path)));
+        row(out, &cells);
+        let _ = writeln!(out);
+    }
+    if !probes.writes.is_empty() {
+        let _ = writeln!(
+            out,
+            "### Loopback writes\n\n\
+             One `write` of a frame the size of the chunk that Broker sends per delivery \
+             in the fan-out scenarios, to each of N loopback TCP connections in turn, with \
+             `TCP_NODELAY` and at the fan-out scenarios' rate, while another thread reads \
+             every connection. The CPU time is the writing thread's own. On loopback it \
+             includes the kernel's TCP receive work for the reading socket, as a server's \
+             CPU time does in the fan-out scenarios. A server that makes one write per \
+             delivery makes at most 1 / (CPU per write) deliveries per CPU-second.\n"
+        );
+        let head = [
+            "connections",
+            "bytes per write",
+            "writes",
+            "writes/s",
+            "writer CPU s",
+            "CPU µs per write",
+            "at most writes per CPU-s",
+            "full-buffer retries",
+        ];
+        row(out, &head.map(String::from));
+        let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+        for line in &probes.writes {
+            let per_second = number(line, "writes")
+                .zip(number(line, "seconds"))
+                .map(|(writes, seconds)| writes / seconds);
+            let cells = [
+                show(number(line, "connections")),
+                show(number(line, "size_bytes")),
+                show(number(line, "writes")),
+                show(per_second),
+                show(number(line, "writer_cpu_seconds")),
+                show(number(line, "cpu_microseconds_per_write")),
+                show(number(line, "writes_per_cpu_second")),
+                show(number(line, "full_buffer_retries")),
+            ];
+            row(out, &cells);
+        }
+        let _ = writeln!(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Result lines of one system and nchan, without the machine probes.
+    fn scenario_lines() -> Vec<Value> {
+        vec![
+            json!({"label": "broker", "scenario": "fanout", "subscribers": 100,
+                   "deliveries_per_cpu_second": 100000.0, "latency_ms": {"p99": 5.0}}),
+            json!({"label": NCHAN, "scenario": "fanout", "subscribers": 100,
+                   "deliveries_per_cpu_second": 50000.0, "latency_ms": {"p99": 9.0}}),
+            json!({"label": "broker", "scenario": "inserts", "clients": 16,
+                   "inserts_per_second": 5000.0}),
+            json!({"label": NCHAN, "scenario": "inserts", "clients": 16,
+                   "inserts_per_second": 40000.0}),
+        ]
+    }
+
+    fn probe_lines() -> Vec<Value> {
+        vec![
+            json!({"label": "machine", "scenario": FSYNC, "syncs": 1000, "size_bytes": 4096,
+                   "sync_ms": {"p50": 0.8, "p99": 2.0, "max": 3.0},
+                   "insert_bound_per_second": {"1": 1250.0, "16": 20000.0}}),
+            json!({"label": "machine", "scenario": WRITE_FLOOR, "connections": 100,
+                   "size_bytes": 60, "writes": 200000, "seconds": 2.0,
+                   "writer_cpu_seconds": 0.4, "cpu_microseconds_per_write": 2.0,
+                   "writes_per_cpu_second": 500000.0, "full_buffer_retries": 0}),
+        ]
+    }
+
+    #[test]
+    fn machine_limits_section_renders() {
+        let mut lines = scenario_lines();
+        lines.extend(probe_lines());
+        let page = render(&lines, "", None);
+        assert!(page.contains("## Machine limits"), "{page}");
+        assert!(
+            page.contains("| 1000 | 0.80 | 2 | 3 | 1250 | 20000 |"),
+            "{page}"
+        );
+        assert!(
+            page.contains("| 100 | 60 | 200000 | 100000 | 0.40 | 2 | 500000 | 0 |"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn targets_show_machine_bounds() {
+        let mut lines = scenario_lines();
+        lines.extend(probe_lines());
+        let page = render(&lines, "", None);
+        assert!(
+            page.contains("| target | machine bound, same run | broker |"),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "one write per delivery costs 2 µs of CPU: at most 500000 deliveries per \
+                 CPU-second (10.00× nchan's)"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "sync p50 0.80 ms: at most 20000 inserts/s at 16 clients (0.50× nchan's)"
+            ),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn no_probes_no_bound_column() {
+        let page = render(&scenario_lines(), "", None);
+        assert!(page.contains("| target | broker |"), "{page}");
+        assert!(!page.contains("Machine limits"), "{page}");
+    }
+
+    #[test]
+    fn median_line_takes_lower_middle() {
+        let lines: Vec<Value> = [3.0, 1.0, 4.0, 2.0]
+            .iter()
+            .map(|p50| json!({"scenario": FSYNC, "sync_ms": {"p50": p50}}))
+            .collect();
+        let chosen = median_line(&lines, FSYNC, "", &Value::Null, "sync_ms.p50").unwrap();
+        assert_eq!(chosen["sync_ms"]["p50"], 2.0);
+    }
+
+    #[test]
+    fn human_lines_of_probes() {
+        let lines = probe_lines();
+        assert!(human_line(&lines[0]).contains("sync p50 0.80 ms"));
+        assert!(human_line(&lines[1]).contains("2 µs CPU per write"));
+    }
 }

@@ -67,7 +67,7 @@ fn sent_micros(data: &str) -> Option<u64> {
 }
 
 /// Latency percentiles in milliseconds from samples in microseconds.
-fn percentiles(samples: &mut [i64]) -> Value {
+pub(crate) fn percentiles(samples: &mut [i64]) -> Value {
     samples.sort_unstable();
     let pick = |q: f64| -> Value {
         if samples.is_empty() {
@@ -79,7 +79,7 @@ fn percentiles(samples: &mut [i64]) -> Value {
     json!({"p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0), "min": pick(0.0), "samples": samples.len()})
 }
 
-fn round3(value: f64) -> f64 {
+pub(crate) fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
 
