@@ -9,7 +9,7 @@
 # latency and the CPU cost of one small loopback TCP write. For each system,
 # it starts a server on a free loopback port with a temporary data folder,
 # runs every scenario against it and stops it by its PID.
-# A run takes about 8 minutes on 2 cores after the build.
+# A run takes about 7 minutes on 2 cores after the build.
 #
 # Usage: benches/run.sh
 # Environment:
