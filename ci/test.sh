@@ -2,8 +2,9 @@
 # Runs every check that CI runs. It checks formatting, runs clippy with
 # warnings as errors for every feature set, builds the docs, and runs the
 # unit, core, property and doc tests. Then it runs the conformance suite once
-# per runtime and storage pair. It prints a summary line per feature set and per
-# pair, and exits non-zero if anything failed.
+# per runtime and storage pair, and checks a server of each runtime against
+# docs/openapi.yaml with schemathesis (ci/api-check.sh). It prints a summary
+# line per feature set and per pair, and exits non-zero if anything failed.
 # Usage: ci/test.sh   (from anywhere inside the repository)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -83,6 +84,7 @@ done
 # The library tests with every feature on, then the conformance suite pair
 # by pair, all from one build.
 if step "test [--all-features]" cargo test --all-features --lib --test core --test properties \
+  --test storage_model \
   && step "doctest [--all-features]" cargo test --all-features --doc; then
   summary+=("tests [--all-features]: ok")
 else
@@ -97,6 +99,22 @@ for entry in "${pairs[@]}"; do
     summary+=("conformance [$name]: FAILED")
   fi
 done
+
+# The API description against a running server of each runtime, with
+# schemathesis (ci/api-check.sh).
+api_pairs=("tokio-axum redb" "async-std-tide sled")
+if step "build [--all-features]" cargo build --all-features --bin broker; then
+  for pair in "${api_pairs[@]}"; do
+    read -r runtime storage <<<"$pair"
+    if step "api description [$runtime + $storage]" ci/api-check.sh target/debug/broker "$runtime" "$storage"; then
+      summary+=("api description [$runtime + $storage]: ok")
+    else
+      summary+=("api description [$runtime + $storage]: FAILED")
+    fi
+  done
+else
+  summary+=("api description: FAILED (build)")
+fi
 
 echo
 echo "::: summary"

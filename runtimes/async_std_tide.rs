@@ -63,6 +63,7 @@ pub fn app(broker: Broker) -> tide::Server<Broker> {
     app.at("/events").get(events);
     app.at("/collection/:event").get(collection);
     app.at("/health").get(health);
+    app.at(api::OPENAPI_PATH).get(openapi);
     app
 }
 
@@ -345,6 +346,13 @@ async fn health(request: Request<Broker>) -> tide::Result {
     })
 }
 
+async fn openapi(_: Request<Broker>) -> tide::Result {
+    let mut response = Response::new(StatusCode::Ok);
+    response.set_body(api::OPENAPI);
+    response.insert_header("content-type", api::OPENAPI_CONTENT_TYPE);
+    Ok(response)
+}
+
 /// Returns the first value of a request header as text, as the axum
 /// runtime reads it, so that a repeated header means the same under both.
 fn header_text(request: &Request<Broker>, name: &str) -> Option<String> {
@@ -436,7 +444,13 @@ fn json_errors<'a>(
         Ok(match response.status() {
             StatusCode::NotFound => error_response(ApiError::NotFound { path }),
             StatusCode::MethodNotAllowed => {
-                error_response(ApiError::MethodNotAllowed { method, path })
+                // A 405 must list the allowed methods (RFC 9110, section 15.5.6).
+                let allow = api::allowed_methods(&path);
+                let mut response = error_response(ApiError::MethodNotAllowed { method, path });
+                if let Some(allow) = allow {
+                    response.insert_header("allow", allow);
+                }
+                response
             }
             _ => response,
         })

@@ -49,6 +49,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/events", get(events))
         .route("/collection/{event}", get(collection))
         .route("/health", get(health))
+        .route(api::OPENAPI_PATH, get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(broker.clone(), cors))
@@ -292,6 +293,11 @@ async fn health(State(broker): State<Broker>) -> Response {
         Ok(body) => json(StatusCode::OK, body),
         Err(error) => error.into_response(),
     }
+}
+
+async fn openapi() -> Response {
+    let content_type = [(header::CONTENT_TYPE, api::OPENAPI_CONTENT_TYPE)];
+    (content_type, api::OPENAPI).into_response()
 }
 
 async fn not_found(uri: Uri) -> Response {

@@ -72,7 +72,7 @@ pub enum ApiError {
 
     /// No route matches the path: `404`.
     #[error(
-        "no route for {path}; the API is POST /insert, GET /events and GET /collection/{{event}}"
+        "no route for {path}; the API is POST /insert, GET /events and GET /collection/{{event}}, described at GET /openapi.yaml"
     )]
     NotFound {
         /// The path requested.
@@ -509,15 +509,34 @@ pub async fn health(broker: &Broker) -> Result<Bytes, ApiError> {
     }))
 }
 
+/// The path at which the API description is served.
+pub const OPENAPI_PATH: &str = "/openapi.yaml";
+
+/// The API description, an OpenAPI 3.0 document, served at [`OPENAPI_PATH`].
+pub const OPENAPI: &str = include_str!("../docs/openapi.yaml");
+
+/// The media type of [`OPENAPI`] (RFC 9512).
+pub const OPENAPI_CONTENT_TYPE: &str = "application/yaml";
+
 /// The route prefix of `GET /collection/{event}`.
 pub const COLLECTION_PREFIX: &str = "/collection/";
 
 /// Returns whether `path` is one of the API's routes, for any method.
 /// Only these get preflight responses, so other paths get `404`.
 pub fn is_route(path: &str) -> bool {
+    allowed_methods(path).is_some()
+}
+
+/// Returns the methods that the route at `path` serves, as the `Allow`
+/// header of a `405` lists them, or `None` for a path that is no route.
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
     match path.strip_prefix(COLLECTION_PREFIX) {
-        Some(segment) => !segment.is_empty() && !segment.contains('/'),
-        None => matches!(path, "/insert" | "/events" | "/health"),
+        Some(segment) => (!segment.is_empty() && !segment.contains('/')).then_some("GET,HEAD"),
+        None => match path {
+            "/insert" => Some("POST"),
+            "/events" | "/health" | OPENAPI_PATH => Some("GET,HEAD"),
+            _ => None,
+        },
     }
 }
 

@@ -50,6 +50,7 @@ macro_rules! conformance {
                     cli_flags => config::cli_flags,
                     default_data_dir => config::default_data_dir,
                     health_ok => config::health_ok,
+                    openapi_served => config::openapi_served,
 
                     insert_returns_record => insert::returns_record,
                     insert_defaults => insert::defaults,

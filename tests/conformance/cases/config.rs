@@ -108,3 +108,34 @@ pub(crate) async fn health_ok(pair: Pair) {
         "GET /health should be JSON"
     );
 }
+
+/// Checks that `GET /openapi.yaml` serves the API description kept in the
+/// repository, without a token, and that it describes every route.
+pub(crate) async fn openapi_served(pair: Pair) {
+    let server = Server::start(pair).await;
+
+    let reply = server.get("/openapi.yaml").await;
+    assert_eq!(reply.status, 200, "GET /openapi.yaml: {}", reply.text);
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("application/yaml"),
+        "GET /openapi.yaml should be YAML"
+    );
+    let document = include_str!("../../../docs/openapi.yaml");
+    assert_eq!(
+        reply.text, document,
+        "the served document should be docs/openapi.yaml"
+    );
+    for path in [
+        "/insert:",
+        "/events:",
+        "/collection/{event}:",
+        "/health:",
+        "/openapi.yaml:",
+    ] {
+        assert!(
+            document.contains(&format!("\n  {path}\n")),
+            "docs/openapi.yaml should describe {path}"
+        );
+    }
+}

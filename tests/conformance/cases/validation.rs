@@ -440,19 +440,21 @@ pub(crate) async fn unknown_route(pair: Pair) {
     }
 }
 
-/// Checks that known routes with the wrong method get `405` with a JSON error body.
+/// Checks that known routes with the wrong method get `405` with a JSON error
+/// body and an `Allow` header that lists the route's methods.
 pub(crate) async fn wrong_method(pair: Pair) {
     let server = Server::start(pair).await;
     let requests = [
-        (reqwest::Method::GET, "/insert"),
-        (reqwest::Method::PUT, "/insert"),
-        (reqwest::Method::DELETE, "/insert"),
-        (reqwest::Method::POST, "/events"),
-        (reqwest::Method::POST, "/collection/name"),
-        (reqwest::Method::DELETE, "/collection/name"),
+        (reqwest::Method::GET, "/insert", "POST"),
+        (reqwest::Method::PUT, "/insert", "POST"),
+        (reqwest::Method::DELETE, "/insert", "POST"),
+        (reqwest::Method::POST, "/events", "GET,HEAD"),
+        (reqwest::Method::POST, "/collection/name", "GET,HEAD"),
+        (reqwest::Method::DELETE, "/collection/name", "GET,HEAD"),
+        (reqwest::Method::TRACE, "/health", "GET,HEAD"),
     ];
 
-    for (method, path) in requests {
+    for (method, path, allowed) in requests {
         let context = format!("{method} {path}");
         let reply = send(&server, method, path).await;
         assert_eq!(
@@ -461,6 +463,11 @@ pub(crate) async fn wrong_method(pair: Pair) {
             reply.status, reply.text
         );
         assert_error_body(&reply.json(), None, &context);
+        assert_eq!(
+            reply.header("allow").as_deref(),
+            Some(allowed),
+            "{context}: a 405 must list the allowed methods"
+        );
     }
 }
 
