@@ -19,7 +19,7 @@ use super::publication_order;
 use crate::error::StorageError;
 use crate::event::{Publication, Record};
 use crate::storage::{Appended, Storage, Version};
-use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use ::redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// The file name inside the data folder.
 pub const FILE_NAME: &str = "broker.redb";
@@ -194,6 +194,14 @@ impl Storage for RedbStorage {
         self.try_due(now).map_err(|failure| failure.during("due"))
     }
 
+    /// Returns the length of the pending table, which redb 5 stores in the
+    /// table's header, so counting reads no entry.
+    fn pending_count(&self) -> Result<Option<u64>, StorageError> {
+        self.try_pending_count()
+            .map(Some)
+            .map_err(|failure| failure.during("pending_count"))
+    }
+
     fn reopen(&self) -> Result<(), StorageError> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         if db.is_none() {
@@ -337,6 +345,12 @@ impl RedbStorage {
             due.push(read_record(&records, id, false)?);
         }
         Ok(due)
+    }
+
+    fn try_pending_count(&self) -> Result<u64, Failure> {
+        let txn = self.database()?.begin_read()?;
+        let pending = txn.open_table(PENDING)?;
+        Ok(pending.len()?)
     }
 
     fn try_collection(&self, event: &str) -> Result<Vec<Record>, Failure> {

@@ -288,6 +288,15 @@ impl SledDb {
         Ok(due)
     }
 
+    fn try_pending_count(&self) -> Result<u64, Failure> {
+        let mut count = 0;
+        for entry in self.tree.scan_prefix([PENDING]).keys() {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     fn try_collection(&self, event: &str) -> Result<Vec<Record>, Failure> {
         let mut prefix = key(BY_EVENT, event.as_bytes());
         prefix.push(0);
@@ -377,6 +386,12 @@ impl Storage for SledStorage {
 
     fn due(&self, now: u64) -> Result<Vec<Record>, StorageError> {
         self.read("due", |db| db.try_due(now))
+    }
+
+    /// Counts the pending keys. sled keeps no count, so this scans them,
+    /// reading keys only; the core calls it once at start.
+    fn pending_count(&self) -> Result<Option<u64>, StorageError> {
+        self.read("pending_count", |db| db.try_pending_count().map(Some))
     }
 
     fn reopen(&self) -> Result<(), StorageError> {

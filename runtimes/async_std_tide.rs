@@ -41,6 +41,7 @@ use crate::api::{self, ApiError};
 use crate::async_std_stream::{self, Served};
 use crate::auth::Credentials;
 use crate::connection::Connection;
+use crate::metrics::{self, Rejected};
 use crate::sse::KeepAlive;
 use crate::stream::{self, FirstRequest};
 use crate::{Broker, Config, Listen};
@@ -64,6 +65,9 @@ pub fn app(broker: Broker) -> tide::Server<Broker> {
     app.at("/collection/:event").get(collection);
     app.at("/health").get(health);
     app.at(api::OPENAPI_PATH).get(openapi);
+    if app.state().config().metrics {
+        app.at(metrics::PATH).get(metrics);
+    }
     app
 }
 
@@ -353,6 +357,13 @@ async fn openapi(_: Request<Broker>) -> tide::Result {
     Ok(response)
 }
 
+async fn metrics(request: Request<Broker>) -> tide::Result {
+    let mut response = Response::new(StatusCode::Ok);
+    response.set_body(api::metrics(request.state()));
+    response.insert_header("content-type", metrics::CONTENT_TYPE);
+    Ok(response)
+}
+
 /// Returns the first value of a request header as text, as the axum
 /// runtime reads it, so that a repeated header means the same under both.
 fn header_text(request: &Request<Broker>, name: &str) -> Option<String> {
@@ -392,13 +403,16 @@ async fn read_body(request: &mut Request<Broker>, config: &Config) -> Result<Vec
 
 /// Adds CORS headers to every response and responds to preflights itself.
 /// Requests on connections past the connection limit get `503`, with CORS
-/// headers so that a page can read why.
+/// headers so that a page can read why. Counts each rejected request and
+/// times each request to a route, except preflights.
 fn cors<'a>(
     request: Request<Broker>,
     next: Next<'a, Broker>,
 ) -> Pin<Box<dyn Future<Output = tide::Result> + Send + 'a>> {
     Box::pin(async move {
+        let started = Instant::now();
         let broker = request.state().clone();
+        let route = api::route(&broker, request.url().path());
         let origins = &broker.config().allowed_origins;
         let origin = header_text(&request, "origin");
 
@@ -416,6 +430,12 @@ fn cors<'a>(
             };
             if !admitted {
                 response.insert_header("connection", "close");
+            }
+            if let Some(Rejected(code)) = response.ext::<Rejected>() {
+                broker.metrics().count_rejected(code);
+            }
+            if let Some(route) = route {
+                broker.metrics().observe_request(route, started.elapsed());
             }
             (response, api::cors_headers(origins, origin.as_deref()))
         };
@@ -460,6 +480,7 @@ fn json_errors<'a>(
 fn error_response(error: ApiError) -> Response {
     let status = StatusCode::try_from(error.status()).unwrap_or(StatusCode::BadRequest);
     let mut response = json(status, error.to_json());
+    response.insert_ext(Rejected(error.code()));
     for (name, value) in error.headers() {
         response.insert_header(name, value);
     }

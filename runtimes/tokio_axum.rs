@@ -37,6 +37,7 @@ use crate::accept;
 use crate::api::{self, ApiError};
 use crate::auth::Credentials;
 use crate::connection::Connection;
+use crate::metrics::{self, Rejected};
 use crate::sse::KeepAlive;
 use crate::stream::{self, FirstRequest};
 use crate::tokio_stream;
@@ -44,12 +45,16 @@ use crate::{Broker, Listen};
 
 /// Builds the axum [`Router`] for the whole API, ready to nest or serve.
 pub fn router(broker: Broker) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/insert", post(insert))
         .route("/events", get(events))
         .route("/collection/{event}", get(collection))
         .route("/health", get(health))
-        .route(api::OPENAPI_PATH, get(openapi))
+        .route(api::OPENAPI_PATH, get(openapi));
+    if broker.config().metrics {
+        router = router.route(metrics::PATH, get(metrics));
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(broker.clone(), cors))
@@ -300,6 +305,11 @@ async fn openapi() -> Response {
     (content_type, api::OPENAPI).into_response()
 }
 
+async fn metrics(State(broker): State<Broker>) -> Response {
+    let content_type = [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)];
+    (StatusCode::OK, content_type, api::metrics(&broker)).into_response()
+}
+
 async fn not_found(uri: Uri) -> Response {
     let path = uri.path().to_owned();
     ApiError::NotFound { path }.into_response()
@@ -315,8 +325,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 
 /// Adds CORS headers to every response and responds to preflights itself.
 /// Requests on connections past the connection limit get `503`, with CORS
-/// headers so that a page can read why.
+/// headers so that a page can read why. Counts each rejected request and
+/// times each request to a route, except preflights.
 async fn cors(State(broker): State<Broker>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = api::route(&broker, request.uri().path());
     let origins = &broker.config().allowed_origins;
     let origin = header_text(request.headers(), header::ORIGIN).map(str::to_owned);
 
@@ -335,6 +348,12 @@ async fn cors(State(broker): State<Broker>, request: Request, next: Next) -> Res
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(Rejected(code)) = response.extensions().get::<Rejected>() {
+            broker.metrics().count_rejected(code);
+        }
+        if let Some(route) = route {
+            broker.metrics().observe_request(route, started.elapsed());
         }
         (response, api::cors_headers(origins, origin.as_deref()))
     };
@@ -400,6 +419,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let mut response = json(status, self.to_json());
+        response.extensions_mut().insert(Rejected(self.code()));
         for (name, value) in self.headers() {
             if let Ok(value) = HeaderValue::try_from(value) {
                 response

@@ -13,6 +13,7 @@ use crate::config::AllowedOrigins;
 use crate::connection::Connection;
 use crate::error::{Error, InsertError};
 use crate::event::{validate_event, NewEvent};
+use crate::metrics;
 
 /// Headers of every `GET /events` response.
 pub const SSE_HEADERS: [(&str, &str); 3] = [
@@ -309,7 +310,8 @@ pub async fn insert(
 
 /// Checks that a request to `path` may be served on its connection: the
 /// connection is within the connection limit, or the request is
-/// `GET /health`, which monitoring needs most when the server is full.
+/// `GET /health` or `GET /metrics`, which monitoring needs most when the
+/// server is full.
 /// Requests without a [`Connection`], as when a program serves the API with
 /// its own server loop, are not limited.
 ///
@@ -320,7 +322,9 @@ pub async fn insert(
 /// Returns [`ApiError::TooManyConnections`] for a connection past the limit.
 pub fn admit(broker: &Broker, connection: Option<&Connection>, path: &str) -> Result<(), ApiError> {
     match connection {
-        Some(connection) if !connection.is_admitted() && path != "/health" => {
+        Some(connection)
+            if !connection.is_admitted() && path != "/health" && path != metrics::PATH =>
+        {
             Err(ApiError::TooManyConnections {
                 limit: broker.connections().limit(),
             })
@@ -518,6 +522,26 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.yaml");
 /// The media type of [`OPENAPI`] (RFC 9512).
 pub const OPENAPI_CONTENT_TYPE: &str = "application/yaml";
 
+/// Returns the route that serves `path`, for the request duration
+/// histogram, or `None` for a path that gets `404`.
+pub fn route(broker: &Broker, path: &str) -> Option<metrics::Route> {
+    if path == metrics::PATH && !broker.config().metrics {
+        return None;
+    }
+    if path != metrics::PATH && !is_route(path) {
+        return None;
+    }
+    metrics::Route::from_path(path)
+}
+
+/// Handles `GET /metrics`: returns the broker's metrics in the Prometheus
+/// text format, to send with the `Content-Type`
+/// [`metrics::CONTENT_TYPE`]. The runtimes route it only while
+/// [`Config::metrics`](crate::Config::metrics) is set.
+pub fn metrics(broker: &Broker) -> String {
+    broker.metrics().render()
+}
+
 /// The route prefix of `GET /collection/{event}`.
 pub const COLLECTION_PREFIX: &str = "/collection/";
 
@@ -534,7 +558,7 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         Some(segment) => (!segment.is_empty() && !segment.contains('/')).then_some("GET,HEAD"),
         None => match path {
             "/insert" => Some("POST"),
-            "/events" | "/health" | OPENAPI_PATH => Some("GET,HEAD"),
+            "/events" | "/health" | OPENAPI_PATH | metrics::PATH => Some("GET,HEAD"),
             _ => None,
         },
     }

@@ -20,6 +20,7 @@ use crate::connection::{Connection, Connections};
 use crate::core::{self, Command, Core, SentAhead, Start, StorageFailure};
 use crate::error::{Error, StorageError};
 use crate::event::{NewEvent, Publication, Record};
+use crate::metrics::Metrics;
 use crate::sse;
 use crate::storage::{Storage, Version};
 
@@ -51,6 +52,7 @@ struct Inner {
     connections: Connections,
     /// Subscriptions not yet dropped.
     subscriptions: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
     config: Config,
 }
 
@@ -121,6 +123,10 @@ impl Broker {
         let core_storage_failure = storage_failure.clone();
         let sent_ahead = SentAhead::default();
         let core_sent_ahead = sent_ahead.clone();
+        let connections = Connections::new(config.max_connections);
+        let subscriptions = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::new(connections.clone(), subscriptions.clone()));
+        let core_metrics = metrics.clone();
 
         thread::Builder::new()
             .name("broker-core".into())
@@ -130,6 +136,7 @@ impl Broker {
                         storage.clone(),
                         core_storage_failure,
                         core_sent_ahead,
+                        core_metrics,
                         command_queue,
                         queue_capacity,
                     )?;
@@ -169,8 +176,9 @@ impl Broker {
                 storage,
                 storage_failure,
                 sent_ahead,
-                connections: Connections::new(config.max_connections),
-                subscriptions: Arc::new(AtomicUsize::new(0)),
+                connections,
+                subscriptions,
+                metrics,
                 config,
             }),
         })
@@ -185,6 +193,11 @@ impl Broker {
     /// as they accept and close connections.
     pub fn connections(&self) -> &Connections {
         &self.inner.connections
+    }
+
+    /// Returns the broker's metrics, which `GET /metrics` serves.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Returns the number of subscriptions not yet dropped.

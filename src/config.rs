@@ -71,6 +71,9 @@ pub struct Config {
     /// Secret that verifies subscriber tokens on `GET /events` and
     /// `GET /collection/{event}`; `None` leaves subscribing open.
     pub subscriber_secret: Option<Secret>,
+    /// Whether the runtimes serve `GET /metrics`; without it, that path
+    /// gets `404` like any unknown route. The broker counts either way.
+    pub metrics: bool,
     /// Storage backend that [`Broker::open`](crate::Broker::open) opens.
     #[cfg(any(feature = "redb", feature = "sled"))]
     pub storage: crate::backends::StorageKind,
@@ -89,6 +92,7 @@ impl Default for Config {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             publisher_secret: None,
             subscriber_secret: None,
+            metrics: true,
             #[cfg(any(feature = "redb", feature = "sled"))]
             storage: crate::backends::StorageKind::default(),
         }
@@ -157,6 +161,12 @@ impl Config {
     /// Requires subscribers to send a token signed with `secret`.
     pub fn with_subscriber_secret(mut self, secret: Secret) -> Self {
         self.subscriber_secret = Some(secret);
+        self
+    }
+
+    /// Sets whether the runtimes serve `GET /metrics`.
+    pub fn with_metrics(mut self, enabled: bool) -> Self {
+        self.metrics = enabled;
         self
     }
 

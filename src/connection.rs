@@ -17,7 +17,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -33,6 +33,8 @@ pub struct Connections {
 struct Counter {
     open: AtomicUsize,
     limit: usize,
+    /// Connections registered with [`Connections::open`], admitted or not.
+    accepted: AtomicU64,
 }
 
 impl Connections {
@@ -42,6 +44,7 @@ impl Connections {
             counter: Arc::new(Counter {
                 open: AtomicUsize::new(0),
                 limit,
+                accepted: AtomicU64::new(0),
             }),
         }
     }
@@ -55,6 +58,7 @@ impl Connections {
     /// a `503` error rather than reset the socket.
     pub fn open(&self) -> Connection {
         let limit = self.counter.limit;
+        self.counter.accepted.fetch_add(1, Ordering::Relaxed);
         let admitted = self
             .counter
             .open
@@ -74,6 +78,12 @@ impl Connections {
     /// Returns the number of admitted connections still open.
     pub fn count(&self) -> usize {
         self.counter.open.load(Ordering::Acquire)
+    }
+
+    /// Returns the number of connections registered since the start,
+    /// admitted or not.
+    pub fn accepted(&self) -> u64 {
+        self.counter.accepted.load(Ordering::Relaxed)
     }
 
     /// Returns the maximum number of connections admitted at once.

@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 use crate::connection::Connection;
 use crate::error::{Error, StorageError};
 use crate::event::{Publication, Record};
+use crate::metrics::Metrics;
 use crate::sse;
 use crate::storage::{Appended, Storage, Version};
 
@@ -120,6 +121,7 @@ pub(crate) struct Core {
     /// Set while appends fail, for health checks.
     failure: StorageFailure,
     sent_ahead: SentAhead,
+    metrics: Arc<Metrics>,
     commands: Receiver<Command>,
     /// Live queues by subscriber id. Queues are unbounded channels whose
     /// length the core checks before each send, because a bounded
@@ -158,6 +160,7 @@ impl Core {
         storage: Arc<dyn Storage>,
         failure: StorageFailure,
         sent_ahead: SentAhead,
+        metrics: Arc<Metrics>,
         commands: Receiver<Command>,
         queue_capacity: usize,
     ) -> Result<Self, StorageError> {
@@ -165,6 +168,7 @@ impl Core {
             storage,
             failure,
             sent_ahead,
+            metrics,
             commands,
             subscribers: HashMap::new(),
             next_subscriber: 1,
@@ -187,6 +191,17 @@ impl Core {
         core.next_due = appended.next_due;
         for publication in &appended.published {
             core.publish(publication);
+        }
+        // Counted once here, and kept exact after each append by what it
+        // stored and published, so that scrapes never read storage.
+        match core.storage.pending_count()? {
+            Some(pending) => {
+                let pending = i64::try_from(pending).unwrap_or(i64::MAX);
+                core.metrics.pending.set(pending);
+            }
+            None => debug!(
+                "the storage does not count pending events, so the pending gauge counts from 0"
+            ),
         }
         Ok(core)
     }
@@ -366,6 +381,7 @@ impl Core {
     fn apply_appended(&mut self, appended: Appended) -> Vec<Record> {
         let sent_ahead = !self.unsynced.is_empty();
         self.next_due = appended.next_due;
+        self.count_appended(&appended);
         for publication in &appended.published {
             match self.unsynced.remove(&publication.id) {
                 None => {
@@ -394,6 +410,22 @@ impl Core {
                 .clear();
         }
         appended.records
+    }
+
+    /// Counts the records that an append stored, and updates the pending
+    /// gauge: each stored record is pending until its publication, and
+    /// every publication publishes one pending record.
+    fn count_appended(&self, appended: &Appended) {
+        let stored = appended.records.len() as u64;
+        self.metrics.inserts.inc_by(stored);
+        let change = i64::try_from(stored).unwrap_or(i64::MAX)
+            - i64::try_from(appended.published.len()).unwrap_or(i64::MAX);
+        let pending = self.metrics.pending.inc_by(change) + change;
+        if pending < 0 {
+            // Only a storage without `pending_count` starts the gauge
+            // below the stored count, so it cannot show fewer than zero.
+            self.metrics.pending.set(0);
+        }
     }
 
     /// Rejects inserts without a write while storage is failing, with the
@@ -428,6 +460,7 @@ impl Core {
     fn publish(&mut self, publication: &Publication) -> Bytes {
         let frame = sse::encode(publication);
         self.set_current(publication, frame.clone());
+        self.metrics.publications.inc();
         debug!(
             publication = publication.id,
             record = publication.record.id,
@@ -451,6 +484,7 @@ impl Core {
                     subscriber = id,
                     capacity, "subscriber queue full, disconnecting the slow client"
                 );
+                self.metrics.slow_clients_dropped.inc();
                 // Dropping the queue ends the stream, but the runtime polls
                 // the stream only when the client reads, so close the socket too.
                 if let Some(connection) = &entry.connection {

@@ -24,6 +24,8 @@
 //!   subscriber's connection when it stops reading.
 //! - `tokio_axum` and `async_std_tide`: the API served by axum on tokio and
 //!   by tide on async-std, one module per runtime feature.
+//! - [`metrics`]: the Prometheus metrics that `GET /metrics` serves, kept
+//!   per broker and reachable with [`Broker::metrics`].
 //! - [`Error`], [`InsertError`], [`StorageError`]: what can fail.
 //!
 //! The core runs on a thread of its own and owns the event log, the schedule
@@ -111,6 +113,7 @@ pub mod connection;
 mod core;
 mod error;
 mod event;
+pub mod metrics;
 mod serve;
 pub mod sse;
 mod storage;

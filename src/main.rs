@@ -33,7 +33,8 @@ use tracing_subscriber::EnvFilter;
 #[command(
     version,
     about,
-    after_help = "Logging: RUST_LOG sets the filter (default info), e.g. RUST_LOG=broker=debug."
+    after_help = "Logging: RUST_LOG sets the filter (default info), e.g. RUST_LOG=broker=debug; \
+                  --log-format sets the line format. Logs go to stdout."
 )]
 struct Args {
     /// IP address to listen on.
@@ -101,6 +102,28 @@ struct Args {
     /// subscribe. Prefer the environment variable.
     #[arg(long, env = "BROKER_SUBSCRIBER_SECRET", hide_env_values = true, value_parser = SecretParser)]
     subscriber_secret: Option<Secret>,
+
+    /// Serve Prometheus metrics at GET /metrics (true or false). The route
+    /// needs no token and is served past the connection limit; set false
+    /// to answer it with 404.
+    #[arg(long, env = "BROKER_METRICS", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    metrics: bool,
+
+    /// Log line format: `text` for people, `json` for one JSON object per
+    /// line, for log collectors.
+    #[arg(long, env = "BROKER_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+/// Formats of the log lines.
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, with the event's fields under `fields`.
+    Json,
 }
 
 /// Storage backends compiled into this binary.
@@ -150,12 +173,13 @@ impl Default for RuntimeChoice {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    );
+    match args.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 
     let result = match args.runtime {
         #[cfg(feature = "tokio-axum")]
@@ -199,6 +223,7 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         .with_retry(args.retry)
         .with_max_connections(max_connections)
         .with_request_timeout(args.request_timeout)
+        .with_metrics(args.metrics)
         .with_storage(args.storage.kind());
     let config = with_secrets(config, &args);
     let broker = Broker::open(config).await?;
@@ -212,6 +237,7 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         runtime = %value_name(args.runtime),
         origin = %args.origin,
         max_connections,
+        metrics = args.metrics,
         "listening"
     );
     match args.runtime {

@@ -89,6 +89,21 @@ pub trait Storage: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Returns the number of pending records, or `None` when the backend
+    /// cannot count them cheaply.
+    ///
+    /// The core calls it once at start, for the `broker_pending_events`
+    /// gauge, and from then on adds what each append stores and subtracts
+    /// what it publishes. With the default, which returns `None`, the gauge
+    /// starts at 0 and so leaves out records that were pending at start.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StorageError`] when the read fails.
+    fn pending_count(&self) -> Result<Option<u64>, StorageError> {
+        Ok(None)
+    }
+
     /// Returns up to `limit` publications with ids above `after`, in
     /// publication id order, each with its record.
     ///

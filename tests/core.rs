@@ -410,3 +410,33 @@ fn due_event_sent_then_crash_keeps_id() {
         "id: 1\nevent: a\ndata: 1\n\nid: 2\nevent: b\ndata: 2\n\nid: 3\nevent: c\ndata: 3\n\n",
     );
 }
+
+/// Returns the value of the unlabelled sample `name` in the broker's
+/// metrics, or `None` when it is missing.
+fn metric(broker: &Broker, name: &str) -> Option<f64> {
+    let text = broker.metrics().render();
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.parse().ok())
+}
+
+#[test]
+fn pending_gauge_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = open(&dir, Config::default());
+        let later = event("later", json!(1)).at(now() + 3600).unwrap();
+        block_on(broker.insert(later)).unwrap();
+        block_on(broker.insert(event("now", json!(2)))).unwrap();
+        assert_eq!(metric(&broker, "broker_inserts_total"), Some(2.0));
+        assert_eq!(metric(&broker, "broker_publications_total"), Some(1.0));
+        assert_eq!(metric(&broker, "broker_pending_events"), Some(1.0));
+    }
+    let broker = reopen_when_free(&dir);
+    assert_eq!(
+        metric(&broker, "broker_pending_events"),
+        Some(1.0),
+        "the gauge should count the event still pending in storage"
+    );
+    assert_eq!(metric(&broker, "broker_inserts_total"), Some(0.0));
+}

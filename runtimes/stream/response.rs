@@ -12,6 +12,7 @@ use super::Head;
 use crate::api::{self, ApiError};
 use crate::auth::Credentials;
 use crate::connection::Connection;
+use crate::metrics;
 use crate::{Broker, Subscription};
 
 /// The size at which a batch of frames takes no further frame. A batch is
@@ -52,6 +53,7 @@ pub(crate) async fn respond(
     head: &Head,
     close_after_error: bool,
 ) -> Response {
+    let started = std::time::Instant::now();
     let origins = &broker.config().allowed_origins;
     let cors = api::cors_headers(origins, head.origin.as_deref());
     let subscribed = match api::admit(broker, Some(connection), "/events") {
@@ -64,13 +66,19 @@ pub(crate) async fn respond(
         }
         Err(error) => Err(error),
     };
-    match subscribed {
+    let response = match subscribed {
         Ok((subscription, resume)) => Response::Stream {
             response_head: stream_head(resume, &cors, head.http_10),
             subscription,
         },
-        Err(error) => error_response(&error, &cors, close_after_error),
-    }
+        Err(error) => {
+            broker.metrics().count_rejected(error.code());
+            error_response(&error, &cors, close_after_error)
+        }
+    };
+    let metrics = broker.metrics();
+    metrics.observe_request(metrics::Route::Events, started.elapsed());
+    response
 }
 
 /// Returns the head of a `200` SSE response.

@@ -532,8 +532,12 @@ fn drain_stderr(stderr: impl Read + Send + 'static, output: Arc<Mutex<String>>) 
     });
 }
 
-/// Finds the `address=IP:PORT` token in a log line.
+/// Finds the address in a log line: the `address=IP:PORT` token of a text
+/// line, or the `"address":"IP:PORT"` field of a JSON line.
 fn parse_address(line: &str) -> Option<SocketAddr> {
+    if let Some((_, rest)) = line.split_once("\"address\":\"") {
+        return rest.split('"').next()?.parse().ok();
+    }
     line.split_whitespace()
         .find_map(|token| token.strip_prefix("address="))
         .and_then(|value| value.trim_matches('"').parse().ok())

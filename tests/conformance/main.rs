@@ -133,6 +133,15 @@ macro_rules! conformance {
                     resume_after_restart => resume::resume_after_restart,
                     retry_field_first => resume::retry_field_first,
                     filter_by_name => resume::filter_by_name,
+
+                    metrics_exposition => metrics::exposition,
+                    metrics_count_inserts => metrics::counts_inserts,
+                    metrics_subscriber_gauge => metrics::subscriber_gauge,
+                    metrics_rejected_by_code => metrics::rejected_by_code,
+                    metrics_pending_gauge => metrics::pending_gauge,
+                    metrics_disabled => metrics::disabled,
+                    json_log_lines => metrics::json_log_lines,
+
                     // Needs the other storage in the binary to try it on the folder.
                     #[cfg(all(feature = "redb", feature = "sled"))]
                     other_storage_rejected => restart::other_storage_rejected,

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::metrics::parse_exposition;
 use super::ARRIVAL;
 use crate::harness::{poll_until, Launch, Pair, Server};
 use crate::sse::SseClient;
@@ -83,6 +84,22 @@ pub(crate) async fn connection_limit(pair: Pair) {
     assert_eq!(
         status, 200,
         "GET /health should be served past the limit, for monitoring: {body}"
+    );
+    let (status, body) = get_once(server.addr(), "/metrics").await;
+    assert_eq!(
+        status, 200,
+        "GET /metrics should be served past the limit, for monitoring: {body}"
+    );
+    let metrics = parse_exposition(&body);
+    assert_eq!(
+        metrics.value("broker_rejected_requests_total{code=\"too_many_connections\"}"),
+        2.0,
+        "the GET /collection and the GET /events past the limit should count as rejected"
+    );
+    assert_eq!(
+        metrics.value("broker_open_connections"),
+        3.0,
+        "only the connections within the limit should count as open"
     );
 
     drop(first);

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::metrics::scrape;
 use super::{record_id, ARRIVAL, QUIET};
 use crate::harness::{future_second, now_millis, Launch, Pair, Server};
 use crate::sse::{Item, SseClient};
@@ -350,6 +351,12 @@ pub(crate) async fn slow_subscriber_dropped(pair: Pair) {
     assert_eq!(
         subscriptions, 1,
         "only the reading subscriber should remain once the stalled one's queue is full"
+    );
+    let metrics = scrape(&server).await;
+    assert_eq!(
+        metrics.value("broker_slow_clients_dropped_total"),
+        1.0,
+        "dropping the stalled subscriber should count once"
     );
 
     // What the kernel had buffered still arrives when the client reads,
