@@ -37,14 +37,22 @@ use crate::accept;
 use crate::api::{self, ApiError};
 use crate::auth::Credentials;
 use crate::connection::Connection;
+use crate::debug_page;
 use crate::sse::KeepAlive;
 use crate::stream::{self, FirstRequest};
 use crate::tokio_stream;
 use crate::{Broker, Listen};
 
 /// Builds the axum [`Router`] for the whole API, ready to nest or serve.
+///
+/// With [`Config::debug_page`](crate::Config::debug_page) on, `GET /`
+/// serves the [debug page](crate::debug_page).
 pub fn router(broker: Broker) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if broker.config().debug_page {
+        router = router.route(debug_page::PATH, get(page));
+    }
+    router
         .route("/insert", post(insert))
         .route("/events", get(events))
         .route("/collection/{event}", get(collection))
@@ -292,6 +300,20 @@ async fn health(State(broker): State<Broker>) -> Response {
         Ok(body) => json(StatusCode::OK, body),
         Err(error) => error.into_response(),
     }
+}
+
+async fn page(headers: HeaderMap) -> Response {
+    let page = debug_page::response(header_text(&headers, header::IF_NONE_MATCH));
+    let mut response = Response::new(Body::from(page.body));
+    *response.status_mut() = StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK);
+    for (name, value) in page.headers {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
 }
 
 async fn not_found(uri: Uri) -> Response {

@@ -71,6 +71,9 @@ pub struct Config {
     /// Secret that verifies subscriber tokens on `GET /events` and
     /// `GET /collection/{event}`; `None` leaves subscribing open.
     pub subscriber_secret: Option<Secret>,
+    /// Whether `GET /` serves the [debug page](crate::debug_page). When
+    /// off, `/` gets `404` like any unknown route.
+    pub debug_page: bool,
     /// Storage backend that [`Broker::open`](crate::Broker::open) opens.
     #[cfg(any(feature = "redb", feature = "sled"))]
     pub storage: crate::backends::StorageKind,
@@ -89,6 +92,7 @@ impl Default for Config {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             publisher_secret: None,
             subscriber_secret: None,
+            debug_page: true,
             #[cfg(any(feature = "redb", feature = "sled"))]
             storage: crate::backends::StorageKind::default(),
         }
@@ -157,6 +161,12 @@ impl Config {
     /// Requires subscribers to send a token signed with `secret`.
     pub fn with_subscriber_secret(mut self, secret: Secret) -> Self {
         self.subscriber_secret = Some(secret);
+        self
+    }
+
+    /// Turns the [debug page](crate::debug_page) at `GET /` on or off.
+    pub fn with_debug_page(mut self, enabled: bool) -> Self {
+        self.debug_page = enabled;
         self
     }
 

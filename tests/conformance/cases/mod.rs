@@ -17,6 +17,7 @@ pub(crate) mod cors;
 pub(crate) mod crash;
 pub(crate) mod delivery;
 pub(crate) mod insert;
+pub(crate) mod page;
 pub(crate) mod restart;
 pub(crate) mod resume;
 pub(crate) mod schedule;
