@@ -2,9 +2,14 @@
 # Runs every check that CI runs. It checks formatting, runs clippy with
 # warnings as errors for every feature set, builds the docs, and runs the
 # unit, core, property and doc tests. Then it runs the conformance suite once
-# per runtime and storage pair, and checks a server of each runtime against
-# docs/openapi.yaml with schemathesis (ci/api-check.sh). It prints a summary
-# line per feature set and per pair, and exits non-zero if anything failed.
+# per runtime and storage pair, checks a server of each runtime against
+# docs/openapi.yaml with schemathesis (ci/api-check.sh), and runs the browser
+# test of the debug page once per runtime. It prints a summary line per
+# feature set, per pair and per runtime, and exits non-zero if anything failed.
+#
+# The browser test needs Debian's chromium package, Node.js and npm, and
+# `npm ci` run in tests/browser; .ci/run installs them. Without them its step
+# fails with the missing piece named.
 # Usage: ci/test.sh   (from anywhere inside the repository)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -114,6 +119,44 @@ if step "build [--all-features]" cargo build --all-features --bin broker; then
   done
 else
   summary+=("api description: FAILED (build)")
+fi
+
+# The debug page in headless Chromium, once per runtime, on the binary that
+# the conformance suite built with every feature on.
+browser_runtimes=("tokio-axum" "async-std-tide")
+chromium=${CHROMIUM:-/usr/bin/chromium}
+
+# Runs the browser test against one runtime, within a bounded time.
+browser_test() {
+  (
+    cd tests/browser \
+      && BROKER_BIN="$PWD/../../target/debug/broker" BROKER_RUNTIME="$1" CHROMIUM="$chromium" \
+        timeout 300 npm test
+  )
+}
+
+browser_missing=""
+if [ ! -x "$chromium" ]; then
+  browser_missing="no Chromium at $chromium; install Debian's chromium package (apt-get install chromium), as .ci/run does"
+elif ! command -v npm >/dev/null; then
+  browser_missing="npm not found; install Node.js and npm, as .ci/run does"
+elif [ ! -d tests/browser/node_modules/playwright-core ]; then
+  browser_missing="playwright-core is not installed; run npm ci in tests/browser, as .ci/run does"
+fi
+if [ -n "$browser_missing" ]; then
+  echo "::: browser: $browser_missing" >&2
+  failed=1
+  summary+=("browser: FAILED ($browser_missing)")
+elif step "build [broker, --all-features]" cargo build --all-features --bin broker; then
+  for runtime in "${browser_runtimes[@]}"; do
+    if step "browser [$runtime]" browser_test "$runtime"; then
+      summary+=("browser [$runtime]: ok (screenshots in target/browser/)")
+    else
+      summary+=("browser [$runtime]: FAILED")
+    fi
+  done
+else
+  summary+=("browser: FAILED (the broker binary did not build)")
 fi
 
 echo

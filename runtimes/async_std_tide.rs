@@ -41,6 +41,7 @@ use crate::api::{self, ApiError};
 use crate::async_std_stream::{self, Served};
 use crate::auth::Credentials;
 use crate::connection::Connection;
+use crate::debug_page;
 use crate::metrics::{self, Rejected};
 use crate::sse::KeepAlive;
 use crate::stream::{self, FirstRequest};
@@ -56,10 +57,17 @@ const ASYNC_H1_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds the tide [`Server`](tide::Server) for the whole API, ready to nest
 /// or serve.
+///
+/// With [`Config::debug_page`] on, `GET /` serves the
+/// [debug page](crate::debug_page).
 pub fn app(broker: Broker) -> tide::Server<Broker> {
+    let debug_page = broker.config().debug_page;
     let mut app = tide::with_state(broker);
     app.with(cors);
     app.with(json_errors);
+    if debug_page {
+        app.at(debug_page::PATH).get(page);
+    }
     app.at("/insert").post(insert);
     app.at("/events").get(events);
     app.at("/collection/:event").get(collection);
@@ -361,6 +369,19 @@ async fn metrics(request: Request<Broker>) -> tide::Result {
     let mut response = Response::new(StatusCode::Ok);
     response.set_body(api::metrics(request.state()));
     response.insert_header("content-type", metrics::CONTENT_TYPE);
+    Ok(response)
+}
+
+async fn page(request: Request<Broker>) -> tide::Result {
+    let page = debug_page::response(header_text(&request, "if-none-match").as_deref());
+    let status = StatusCode::try_from(page.status).unwrap_or(StatusCode::Ok);
+    let mut response = Response::new(status);
+    if status == StatusCode::Ok {
+        response.set_body(page.body);
+    }
+    for (name, value) in page.headers {
+        response.insert_header(name, value);
+    }
     Ok(response)
 }
 

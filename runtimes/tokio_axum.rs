@@ -37,6 +37,7 @@ use crate::accept;
 use crate::api::{self, ApiError};
 use crate::auth::Credentials;
 use crate::connection::Connection;
+use crate::debug_page;
 use crate::metrics::{self, Rejected};
 use crate::sse::KeepAlive;
 use crate::stream::{self, FirstRequest};
@@ -44,8 +45,15 @@ use crate::tokio_stream;
 use crate::{Broker, Listen};
 
 /// Builds the axum [`Router`] for the whole API, ready to nest or serve.
+///
+/// With [`Config::debug_page`](crate::Config::debug_page) on, `GET /`
+/// serves the [debug page](crate::debug_page).
 pub fn router(broker: Broker) -> Router {
-    let mut router = Router::new()
+    let mut router = Router::new();
+    if broker.config().debug_page {
+        router = router.route(debug_page::PATH, get(page));
+    }
+    router = router
         .route("/insert", post(insert))
         .route("/events", get(events))
         .route("/collection/{event}", get(collection))
@@ -308,6 +316,20 @@ async fn openapi() -> Response {
 async fn metrics(State(broker): State<Broker>) -> Response {
     let content_type = [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)];
     (StatusCode::OK, content_type, api::metrics(&broker)).into_response()
+}
+
+async fn page(headers: HeaderMap) -> Response {
+    let page = debug_page::response(header_text(&headers, header::IF_NONE_MATCH));
+    let mut response = Response::new(Body::from(page.body));
+    *response.status_mut() = StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK);
+    for (name, value) in page.headers {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
 }
 
 async fn not_found(uri: Uri) -> Response {

@@ -558,7 +558,9 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         Some(segment) => (!segment.is_empty() && !segment.contains('/')).then_some("GET,HEAD"),
         None => match path {
             "/insert" => Some("POST"),
-            "/events" | "/health" | OPENAPI_PATH | metrics::PATH => Some("GET,HEAD"),
+            "/events" | "/health" | OPENAPI_PATH | metrics::PATH | crate::debug_page::PATH => {
+                Some("GET,HEAD")
+            }
             _ => None,
         },
     }
@@ -673,17 +675,29 @@ mod tests {
     #[test]
     fn routes() {
         for path in [
+            "/",
             "/insert",
             "/events",
             "/health",
+            "/metrics",
+            "/openapi.yaml",
             "/collection/a",
             "/collection/a%2Fb",
         ] {
             assert!(is_route(path), "{path}");
         }
-        for path in ["/", "/nope", "/collection/", "/collection/a/b", "/insert/x"] {
+        for path in [
+            "/nope",
+            "/index.html",
+            "/collection/",
+            "/collection/a/b",
+            "/insert/x",
+        ] {
             assert!(!is_route(path), "{path}");
         }
+        assert_eq!(allowed_methods("/insert"), Some("POST"));
+        assert_eq!(allowed_methods("/collection/a"), Some("GET,HEAD"));
+        assert_eq!(allowed_methods("/nope"), None);
     }
 
     #[test]

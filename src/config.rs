@@ -74,6 +74,9 @@ pub struct Config {
     /// Whether the runtimes serve `GET /metrics`; without it, that path
     /// gets `404` like any unknown route. The broker counts either way.
     pub metrics: bool,
+    /// Whether `GET /` serves the [debug page](crate::debug_page). When
+    /// off, `/` gets `404` like any unknown route.
+    pub debug_page: bool,
     /// Storage backend that [`Broker::open`](crate::Broker::open) opens.
     #[cfg(any(feature = "redb", feature = "sled"))]
     pub storage: crate::backends::StorageKind,
@@ -93,6 +96,7 @@ impl Default for Config {
             publisher_secret: None,
             subscriber_secret: None,
             metrics: true,
+            debug_page: true,
             #[cfg(any(feature = "redb", feature = "sled"))]
             storage: crate::backends::StorageKind::default(),
         }
@@ -167,6 +171,12 @@ impl Config {
     /// Sets whether the runtimes serve `GET /metrics`.
     pub fn with_metrics(mut self, enabled: bool) -> Self {
         self.metrics = enabled;
+        self
+    }
+
+    /// Turns the [debug page](crate::debug_page) at `GET /` on or off.
+    pub fn with_debug_page(mut self, enabled: bool) -> Self {
+        self.debug_page = enabled;
         self
     }
 

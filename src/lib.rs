@@ -19,6 +19,8 @@
 //!   contains one module per storage feature.
 //! - [`api`] and [`sse`]: the HTTP API and SSE framing without a web
 //!   framework, shared by every runtime.
+//! - [`debug_page`]: the HTML page at `GET /` and its response headers,
+//!   shared by every runtime.
 //! - [`connection`]: the connection count behind
 //!   [`Config::max_connections`], and the switch that lets the core close a
 //!   subscriber's connection when it stops reading.
@@ -111,6 +113,7 @@ mod broker;
 pub mod config;
 pub mod connection;
 mod core;
+pub mod debug_page;
 mod error;
 mod event;
 pub mod metrics;

@@ -83,6 +83,19 @@ struct Args {
     #[arg(long, env = "BROKER_REQUEST_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     request_timeout: Duration,
 
+    /// Serve the debug page at GET /: true or false. The page shows the
+    /// live stream and the current values, inserts events and loads
+    /// histories through the API. When false, / gets 404.
+    #[arg(
+        long,
+        env = "BROKER_DEBUG_PAGE",
+        default_value = "true",
+        value_name = "BOOL",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    debug_page: bool,
+
     /// Storage backend.
     #[arg(long, env = "BROKER_STORAGE", value_enum, default_value_t)]
     storage: StorageChoice,
@@ -224,6 +237,7 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         .with_max_connections(max_connections)
         .with_request_timeout(args.request_timeout)
         .with_metrics(args.metrics)
+        .with_debug_page(args.debug_page)
         .with_storage(args.storage.kind());
     let config = with_secrets(config, &args);
     let broker = Broker::open(config).await?;
@@ -238,6 +252,7 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         origin = %args.origin,
         max_connections,
         metrics = args.metrics,
+        debug_page = args.debug_page,
         "listening"
     );
     match args.runtime {

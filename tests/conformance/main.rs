@@ -2,8 +2,9 @@
 //!
 //! Every case starts its own `broker` process on 127.0.0.1 with a free port and
 //! a fresh temporary data folder, and talks to it over HTTP and SSE only. The
-//! cases check the public contract: inserts, validation, publication order and
-//! timing, history, CORS, tokens, and what survives a restart or `kill -9`.
+//! cases check the public contract: the debug page, inserts, validation,
+//! publication order and timing, history, CORS, tokens, and what survives a
+//! restart or `kill -9`.
 //!
 //! Layout:
 //! - `harness`: the server process, HTTP helpers and clock helpers.
@@ -51,6 +52,9 @@ macro_rules! conformance {
                     default_data_dir => config::default_data_dir,
                     health_ok => config::health_ok,
                     openapi_served => config::openapi_served,
+
+                    debug_page_served => page::served,
+                    debug_page_switched_off => page::switched_off,
 
                     insert_returns_record => insert::returns_record,
                     insert_defaults => insert::defaults,

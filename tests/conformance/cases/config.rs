@@ -127,6 +127,8 @@ pub(crate) async fn openapi_served(pair: Pair) {
         "the served document should be docs/openapi.yaml"
     );
     for path in [
+        "/:",
+        "/metrics:",
         "/insert:",
         "/events:",
         "/collection/{event}:",

@@ -18,6 +18,7 @@ pub(crate) mod crash;
 pub(crate) mod delivery;
 pub(crate) mod insert;
 pub(crate) mod metrics;
+pub(crate) mod page;
 pub(crate) mod restart;
 pub(crate) mod resume;
 pub(crate) mod schedule;

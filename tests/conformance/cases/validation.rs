@@ -423,7 +423,7 @@ pub(crate) async fn unknown_route(pair: Pair) {
     let requests = [
         (reqwest::Method::GET, "/nope"),
         (reqwest::Method::POST, "/nope"),
-        (reqwest::Method::GET, "/"),
+        (reqwest::Method::GET, "/index.html"),
         (reqwest::Method::GET, "/insert/extra"),
         (reqwest::Method::GET, "/collection/a/b"),
     ];
