@@ -171,10 +171,12 @@ test("countdown arrives on time in both pages", async () => {
 
 test("history lists the typed name", async () => {
   const name = await first.locator("#shared-name").textContent();
-  await second.click("#history-load");
-  const last = second.locator("#history li").last();
-  await last.filter({ hasText: JSON.stringify(name) }).waitFor();
-  assert.ok((await second.locator("#history li").count()) >= 1);
+  for (const page of [first, second]) {
+    await page.click("#history-load");
+    const last = page.locator("#history li").last();
+    await last.filter({ hasText: JSON.stringify(name) }).waitFor();
+    assert.ok((await page.locator("#history li").count()) >= 1);
+  }
 });
 
 test("pages log no console errors", () => {
