@@ -3,13 +3,14 @@
 # warnings as errors for every feature set, builds the docs, and runs the
 # unit, core, property and doc tests. Then it runs the conformance suite once
 # per runtime and storage pair, checks a server of each runtime against
-# docs/openapi.yaml with schemathesis (ci/api-check.sh), and runs the browser
-# test of the debug page once per runtime. It prints a summary line per
-# feature set, per pair and per runtime, and exits non-zero if anything failed.
+# docs/openapi.yaml with schemathesis (ci/api-check.sh), runs the browser
+# test of the debug page once per runtime, and the browser test of
+# examples/live-form once. It prints a summary line per feature set, per pair
+# and per runtime, and exits non-zero if anything failed.
 #
-# The browser test needs Debian's chromium package, Node.js and npm, and
-# `npm ci` run in tests/browser; .ci/run installs them. Without them its step
-# fails with the missing piece named.
+# The browser tests need Debian's chromium package, Node.js and npm, and
+# `npm ci` run in tests/browser and in examples/live-form; .ci/run installs
+# them. Without them their step fails with the missing piece named.
 # Usage: ci/test.sh   (from anywhere inside the repository)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -135,6 +136,16 @@ browser_test() {
   )
 }
 
+# Builds examples/live-form and drives it against one runtime, within a
+# bounded time.
+live_form_test() {
+  (
+    cd tests/browser \
+      && BROKER_BIN="$PWD/../../target/debug/broker" BROKER_RUNTIME="$1" CHROMIUM="$chromium" \
+        timeout 300 npm run test:live-form
+  )
+}
+
 browser_missing=""
 if [ ! -x "$chromium" ]; then
   browser_missing="no Chromium at $chromium; install Debian's chromium package (apt-get install chromium), as .ci/run does"
@@ -155,6 +166,17 @@ elif step "build [broker, --all-features]" cargo build --all-features --bin brok
       summary+=("browser [$runtime]: FAILED")
     fi
   done
+  # The conformance suite checks that both runtimes serve the same API, so
+  # the example runs on one.
+  if [ ! -x examples/live-form/node_modules/.bin/vite ]; then
+    echo "::: live form: Vite is not installed; run npm ci in examples/live-form, as .ci/run does" >&2
+    failed=1
+    summary+=("live form [tokio-axum]: FAILED (Vite is not installed; run npm ci in examples/live-form)")
+  elif step "live form [tokio-axum]" live_form_test tokio-axum; then
+    summary+=("live form [tokio-axum]: ok (screenshots target/browser/live-form-a.png, live-form-b.png)")
+  else
+    summary+=("live form [tokio-axum]: FAILED")
+  fi
 else
   summary+=("browser: FAILED (the broker binary did not build)")
 fi
