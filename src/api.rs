@@ -90,7 +90,7 @@ pub enum ApiError {
     },
 
     /// The path does not decode to a valid event name: `400`.
-    #[error("the path is not a valid event name: {reason}; percent-encode the name as UTF-8")]
+    #[error("the path does not name a valid event: {reason}")]
     InvalidPath {
         /// The decoding error.
         reason: String,
@@ -426,12 +426,18 @@ fn subscribe_options(
         _ => None,
     };
     if let Some((source_name, id)) = position {
-        let after = id
-            .parse::<u64>()
-            .map_err(|_| ApiError::InvalidLastEventId {
-                source_name,
-                value: id.to_owned(),
-            })?;
+        let after = match id.parse::<u64>() {
+            Ok(after) => after,
+            // A whole number past the largest id was never issued, so the
+            // client gets the snapshot, as for any id ahead of the log.
+            Err(error) if *error.kind() == std::num::IntErrorKind::PosOverflow => u64::MAX,
+            Err(_) => {
+                return Err(ApiError::InvalidLastEventId {
+                    source_name,
+                    value: id.to_owned(),
+                })
+            }
+        };
         options = options.after(after);
     }
     Ok(options)
@@ -470,10 +476,13 @@ fn decode_segment(segment: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> 
     let event = percent_encoding::percent_decode_str(segment)
         .decode_utf8()
         .map_err(|error| ApiError::InvalidPath {
-            reason: format!("{segment:?} is not UTF-8 after percent-decoding ({error})"),
+            reason: format!(
+                "{segment:?} is not UTF-8 after percent-decoding ({error}); \
+                 percent-encode the UTF-8 bytes of the name"
+            ),
         })?;
     validate_event(&event).map_err(|error| ApiError::InvalidPath {
-        reason: format!("{event:?} is not a valid event name ({error})"),
+        reason: format!("{event:?}: {error}"),
     })?;
     Ok(event)
 }

@@ -163,6 +163,17 @@ test("future event arrives on time", async () => {
   await currentRow(subscriber, name).waitFor();
 });
 
+test("large value keeps the page in the window", async () => {
+  const name = `large-${Date.now()}`;
+  const data = JSON.stringify("x".repeat(200_000));
+  assert.match(await insert(publisher, { name, data }), /^201 /);
+  const cell = currentRow(subscriber, name).locator("td.data");
+  await cell.waitFor();
+  assert.match(await cell.textContent(), /more characters\)$/);
+  const width = await subscriber.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(width <= 0, `the page is ${width} px wider than the window`);
+});
+
 test("invalid JSON shows the error body", async () => {
   const result = await insert(publisher, { name: "broken", data: '{"text": }' });
   assert.match(result, /^400 /);
@@ -210,6 +221,8 @@ test("token fields when secrets are set", { skip: Boolean(process.env.BROKER_URL
     await page.goto(`${secured.url}/`);
     await page.locator("#connection.error", { hasText: "401" }).waitFor();
     await page.locator("#subscriber-token").waitFor();
+    assert.ok(await page.locator("#publisher-token").isHidden(), "no insert has been rejected yet");
+    assert.match(await insert(page, { name: "unsigned", data: "1" }), /^401 /);
     await page.locator("#publisher-token").waitFor();
 
     await page.fill("#subscriber-token", mint(SUBSCRIBER_SECRET));

@@ -160,6 +160,21 @@ pub(crate) async fn resume_unknown_id(pair: Pair) {
         "an unknown id should get the current version of every name"
     );
 
+    // One more than the largest 64-bit id is a whole number that no log
+    // can have issued, so it gets the snapshot too, not a 400.
+    let past_max = open(
+        &server,
+        "/events",
+        &[("Last-Event-ID", "18446744073709551616")],
+    )
+    .await;
+    assert_eq!(
+        past_max.header("broker-resume").as_deref(),
+        Some("reset"),
+        "an id past the largest id should be reported as a reset: {:?}",
+        past_max.headers
+    );
+
     let plain = open(&server, "/events", &[]).await;
     assert_eq!(
         plain.header("broker-resume"),
