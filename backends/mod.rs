@@ -3,6 +3,9 @@
 //! Each implements [`Storage`](crate::Storage), and any number of them may
 //! be compiled in at once. [`StorageKind`] names the compiled-in ones;
 //! [`Config::storage`](crate::Config::storage) picks one, redb by default.
+//!
+//! redb and sled keep the log in the data folder, for one broker process.
+//! PostgreSQL keeps it in a database that several brokers share.
 
 #[cfg(any(feature = "redb", feature = "sled"))]
 mod codec;
@@ -13,7 +16,10 @@ pub mod redb;
 #[cfg(feature = "sled")]
 pub mod sled;
 
-#[cfg(any(feature = "redb", feature = "sled"))]
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+#[cfg(any(feature = "redb", feature = "sled", feature = "postgres"))]
 pub use self::kind::StorageKind;
 
 /// Returns the (timestamp, record id) of every record to publish at `now`:
@@ -62,12 +68,13 @@ impl<E> From<crate::StorageError> for Failure<E> {
     }
 }
 
-#[cfg(any(feature = "redb", feature = "sled"))]
+#[cfg(any(feature = "redb", feature = "sled", feature = "postgres"))]
 pub(crate) use self::kind::open;
 
-#[cfg(any(feature = "redb", feature = "sled"))]
+#[cfg(any(feature = "redb", feature = "sled", feature = "postgres"))]
 mod kind {
     use std::fmt;
+    #[cfg(any(feature = "redb", feature = "sled"))]
     use std::path::Path;
     use std::str::FromStr;
     use std::sync::Arc;
@@ -77,7 +84,7 @@ mod kind {
 
     /// A storage backend compiled into this build.
     ///
-    /// The default is redb when the `redb` feature is on, and sled otherwise.
+    /// The default is the first compiled in of redb, sled and PostgreSQL.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     #[non_exhaustive]
     pub enum StorageKind {
@@ -87,6 +94,10 @@ mod kind {
         /// A sled database in the folder `sled` inside the data folder.
         #[cfg(feature = "sled")]
         Sled,
+        /// A PostgreSQL database, which
+        /// [`Config::database`](crate::Config::database) names.
+        #[cfg(feature = "postgres")]
+        Postgres,
     }
 
     impl StorageKind {
@@ -96,15 +107,32 @@ mod kind {
             StorageKind::Redb,
             #[cfg(feature = "sled")]
             StorageKind::Sled,
+            #[cfg(feature = "postgres")]
+            StorageKind::Postgres,
         ];
 
-        /// Returns the name used in configuration: `redb` or `sled`.
+        /// Returns the name used in configuration: `redb`, `sled` or
+        /// `postgres`.
         pub fn name(self) -> &'static str {
             match self {
                 #[cfg(feature = "redb")]
                 Self::Redb => "redb",
                 #[cfg(feature = "sled")]
                 Self::Sled => "sled",
+                #[cfg(feature = "postgres")]
+                Self::Postgres => "postgres",
+            }
+        }
+
+        /// Returns whether the backend keeps its log in the data folder.
+        pub fn uses_data_dir(self) -> bool {
+            match self {
+                #[cfg(feature = "redb")]
+                Self::Redb => true,
+                #[cfg(feature = "sled")]
+                Self::Sled => true,
+                #[cfg(feature = "postgres")]
+                Self::Postgres => false,
             }
         }
     }
@@ -142,15 +170,43 @@ mod kind {
     /// The entry each embedded backend keeps in the data folder, listed
     /// whether or not the backend is compiled in, so that any build can
     /// recognize a folder written by another.
+    #[cfg(any(feature = "redb", feature = "sled"))]
     const ENTRIES: [(&str, &str); 2] = [("redb", "broker.redb"), ("sled", "sled")];
 
-    /// Opens `kind` in `data_dir`, after checking that no other backend's
-    /// database is there: the backend would otherwise start an empty log
-    /// beside the other's and hide its events.
-    pub(crate) fn open(
-        kind: StorageKind,
-        data_dir: &Path,
-    ) -> Result<Arc<dyn Storage>, StorageError> {
+    /// Opens the storage that `config` names: a file backend in the data
+    /// folder, created if missing, or PostgreSQL at the configured URL.
+    pub(crate) fn open(config: &crate::Config) -> Result<Arc<dyn Storage>, crate::Error> {
+        match config.storage {
+            #[cfg(feature = "postgres")]
+            StorageKind::Postgres => {
+                let database = config.database.as_ref().ok_or(StorageError::NoDatabase)?;
+                Ok(Arc::new(super::postgres::PostgresStorage::open(database)?))
+            }
+            #[cfg(any(feature = "redb", feature = "sled"))]
+            kind => {
+                let data_dir = &config.data_dir;
+                let created = if data_dir.exists() && !data_dir.is_dir() {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "the path is a file, not a folder; choose a folder path",
+                    ))
+                } else {
+                    std::fs::create_dir_all(data_dir)
+                };
+                created.map_err(|source| crate::Error::DataDir {
+                    path: data_dir.clone(),
+                    source,
+                })?;
+                Ok(open_in(kind, data_dir)?)
+            }
+        }
+    }
+
+    /// Opens the file backend `kind` in `data_dir`, after checking that no
+    /// other backend's database is there: the backend would otherwise start
+    /// an empty log beside the other's and hide its events.
+    #[cfg(any(feature = "redb", feature = "sled"))]
+    fn open_in(kind: StorageKind, data_dir: &Path) -> Result<Arc<dyn Storage>, StorageError> {
         for (name, entry) in ENTRIES {
             if name != kind.name() && data_dir.join(entry).exists() {
                 return Err(StorageError::WrongStorage {
@@ -166,6 +222,8 @@ mod kind {
             StorageKind::Redb => Arc::new(super::redb::RedbStorage::open(data_dir)?),
             #[cfg(feature = "sled")]
             StorageKind::Sled => Arc::new(super::sled::SledStorage::open(data_dir)?),
+            #[cfg(feature = "postgres")]
+            StorageKind::Postgres => unreachable!("opened by `open` above"),
         })
     }
 }

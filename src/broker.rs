@@ -67,8 +67,9 @@ impl fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Opens the storage named by `config.storage` in `config.data_dir`,
-    /// creating the folder if needed, and starts the broker.
+    /// Opens the storage named by `config.storage` and starts the broker:
+    /// redb or sled in `config.data_dir`, created if needed, or PostgreSQL
+    /// at `config.database`.
     ///
     /// Opening happens on the broker's own thread, so this never blocks the
     /// caller's executor.
@@ -76,28 +77,13 @@ impl Broker {
     /// # Errors
     ///
     /// Returns [`Error::DataDir`] when the folder cannot be created, and
-    /// [`Error::Storage`] when the database cannot be opened or read, or the
-    /// folder contains another backend's database.
-    #[cfg(any(feature = "redb", feature = "sled"))]
+    /// [`Error::Storage`] when the database cannot be opened, reached or
+    /// read, the folder contains another backend's database, or PostgreSQL
+    /// is chosen without a database.
+    #[cfg(any(feature = "redb", feature = "sled", feature = "postgres"))]
     pub async fn open(config: Config) -> Result<Self, Error> {
-        let data_dir = config.data_dir.clone();
-        let kind = config.storage;
-        Self::start(config, move || {
-            let created = if data_dir.exists() && !data_dir.is_dir() {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the path is a file, not a folder; choose a folder path",
-                ))
-            } else {
-                std::fs::create_dir_all(&data_dir)
-            };
-            created.map_err(|source| Error::DataDir {
-                path: data_dir.clone(),
-                source,
-            })?;
-            Ok(crate::backends::open(kind, &data_dir)?)
-        })
-        .await
+        let opened = config.clone();
+        Self::start(config, move || crate::backends::open(&opened)).await
     }
 
     /// Starts a broker on a storage backend of your own.

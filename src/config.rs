@@ -78,8 +78,13 @@ pub struct Config {
     /// off, `/` gets `404` like any unknown route.
     pub debug_page: bool,
     /// Storage backend that [`Broker::open`](crate::Broker::open) opens.
-    #[cfg(any(feature = "redb", feature = "sled"))]
+    #[cfg(any(feature = "redb", feature = "sled", feature = "postgres"))]
     pub storage: crate::backends::StorageKind,
+    /// The PostgreSQL database and schema of the `postgres` storage, which
+    /// ignores [`data_dir`](Config::data_dir). Brokers that name the same
+    /// database and schema share one event log.
+    #[cfg(feature = "postgres")]
+    pub database: Option<crate::backends::postgres::Database>,
 }
 
 impl Default for Config {
@@ -97,8 +102,10 @@ impl Default for Config {
             subscriber_secret: None,
             metrics: true,
             debug_page: true,
-            #[cfg(any(feature = "redb", feature = "sled"))]
+            #[cfg(any(feature = "redb", feature = "sled", feature = "postgres"))]
             storage: crate::backends::StorageKind::default(),
+            #[cfg(feature = "postgres")]
+            database: None,
         }
     }
 }
@@ -181,9 +188,16 @@ impl Config {
     }
 
     /// Sets the storage backend that [`Broker::open`](crate::Broker::open) opens.
-    #[cfg(any(feature = "redb", feature = "sled"))]
+    #[cfg(any(feature = "redb", feature = "sled", feature = "postgres"))]
     pub fn with_storage(mut self, storage: crate::backends::StorageKind) -> Self {
         self.storage = storage;
+        self
+    }
+
+    /// Sets the PostgreSQL database of the `postgres` storage.
+    #[cfg(feature = "postgres")]
+    pub fn with_database(mut self, database: crate::backends::postgres::Database) -> Self {
+        self.database = Some(database);
         self
     }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -24,7 +25,7 @@ use crate::error::{Error, StorageError};
 use crate::event::{Publication, Record};
 use crate::metrics::Metrics;
 use crate::sse;
-use crate::storage::{Appended, Storage, Version};
+use crate::storage::{Appended, SharedLog, Storage, Version};
 
 /// Maximum inserts committed in one storage append.
 const MAX_BATCH: usize = 1024;
@@ -42,6 +43,13 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Maximum wait between retries after storage failures. Inserts are
 /// rejected until the retry, so the wait stays short.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// How often the core of a shared log reads the log's state without a
+/// notice from the backend, which may have missed one while it reconnected.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Publications read from a shared log per storage read.
+const TAIL_PAGE: usize = 1024;
 
 /// A request to the core.
 pub(crate) enum Command {
@@ -151,6 +159,18 @@ pub(crate) struct Core {
     failing_since: Option<Instant>,
     closing: bool,
     waker: Waker,
+    /// Set when other processes append to the same log.
+    shared: bool,
+    /// Set by the backend's watch thread when another process changed a
+    /// shared log, and cleared when the core reads it.
+    changed: Arc<AtomicBool>,
+    /// When the core next reads a shared log's state without a notice.
+    poll_at: Instant,
+    /// Whether this turn of the loop has read the shared log already.
+    caught_up: bool,
+    /// Whether the last read of the shared log failed, so that a lasting
+    /// failure is logged once.
+    tail_failing: bool,
 }
 
 impl Core {
@@ -183,14 +203,33 @@ impl Core {
             failing_since: None,
             closing: false,
             waker: Waker::from(Arc::new(ThreadWaker(thread::current()))),
+            shared: false,
+            changed: Arc::new(AtomicBool::new(false)),
+            poll_at: Instant::now() + POLL_INTERVAL,
+            caught_up: false,
+            tail_failing: false,
         };
+        // Watch before the first read, so that nothing another process
+        // publishes after that read goes unnoticed.
+        if let Some(shared) = core.storage.shared() {
+            core.shared = true;
+            let changed = core.changed.clone();
+            let core_thread = thread::current();
+            shared.watch(Box::new(move || {
+                changed.store(true, Ordering::Release);
+                core_thread.unpark();
+            }));
+            info!("the log is shared with other processes; publishing theirs as they appear");
+        }
         for publication in core.storage.current()? {
             core.set_current(&publication, sse::encode(&publication));
         }
         let appended = core.storage.append(&[], now())?;
         core.next_due = appended.next_due;
         for publication in &appended.published {
-            core.publish(publication);
+            if !core.publish_in_order(publication) {
+                break;
+            }
         }
         // Counted once here, and kept exact after each append by what it
         // stored and published, so that scrapes never read storage.
@@ -213,9 +252,15 @@ impl Core {
         loop {
             let first = match self.wait() {
                 Wait::Command(command) => Some(command),
-                Wait::TimedOut => None,
+                Wait::TimedOut | Wait::Changed => None,
                 Wait::Closed => break,
             };
+            self.caught_up = false;
+            if self.shared
+                && (self.changed.swap(false, Ordering::AcqRel) || Instant::now() >= self.poll_at)
+            {
+                self.catch_up();
+            }
 
             // Take every command already queued, so that concurrent inserts
             // share one durable append.
@@ -385,7 +430,9 @@ impl Core {
         for publication in &appended.published {
             match self.unsynced.remove(&publication.id) {
                 None => {
-                    self.publish(publication);
+                    if !self.publish_in_order(publication) {
+                        break;
+                    }
                 }
                 Some(sent) if sent.record == publication.record.id => {}
                 Some(sent) => error!(
@@ -410,6 +457,96 @@ impl Core {
                 .clear();
         }
         appended.records
+    }
+
+    /// Publishes `publication`, one that this process's append published,
+    /// in id order with those of other processes on a shared log. Returns
+    /// `false` when the publications before it cannot be read yet: it and
+    /// those after it are then left for the next [`Core::catch_up`], which
+    /// reads them back from the log.
+    fn publish_in_order(&mut self, publication: &Publication) -> bool {
+        if !self.shared {
+            self.publish(publication);
+            return true;
+        }
+        if publication.id <= self.last_publication {
+            // Read from the log already, after another process's notice.
+            return true;
+        }
+        if publication.id > self.last_publication + 1 {
+            let storage = self.storage.clone();
+            if let Err(error) = self.publish_until(storage.as_ref(), publication.id - 1) {
+                warn!(
+                    %error,
+                    publication = publication.id,
+                    "failed to read the publications before this one; sending them at the next read of the log"
+                );
+                return false;
+            }
+        }
+        self.publish(publication);
+        true
+    }
+
+    /// Reads a shared log's state and publishes what other processes
+    /// published since the last read.
+    fn catch_up(&mut self) {
+        self.caught_up = true;
+        self.poll_at = Instant::now() + POLL_INTERVAL;
+        let storage = self.storage.clone();
+        let Some(shared) = storage.shared() else {
+            return;
+        };
+        match self.read_shared(storage.as_ref(), shared) {
+            Ok(()) => {
+                if self.tail_failing {
+                    info!("reading the shared log again");
+                    self.tail_failing = false;
+                }
+            }
+            Err(error) if self.tail_failing => {
+                debug!(%error, "the shared log is still unreadable");
+            }
+            Err(error) => {
+                warn!(
+                    %error,
+                    source = ?std::error::Error::source(&error),
+                    "failed to read the shared log; other processes' publications wait until it is readable"
+                );
+                self.tail_failing = true;
+            }
+        }
+    }
+
+    fn read_shared(
+        &mut self,
+        storage: &dyn Storage,
+        shared: &dyn SharedLog,
+    ) -> Result<(), StorageError> {
+        let state = shared.state()?;
+        self.next_due = state.next_due;
+        self.metrics
+            .pending
+            .set(i64::try_from(state.pending).unwrap_or(i64::MAX));
+        self.publish_until(storage, state.last_publication)
+    }
+
+    /// Publishes the publications after the latest one this core has
+    /// published, up to `until`, reading them from storage.
+    fn publish_until(&mut self, storage: &dyn Storage, until: u64) -> Result<(), StorageError> {
+        while self.last_publication < until {
+            let page = storage.publications_after(self.last_publication, TAIL_PAGE)?;
+            if page.is_empty() {
+                break;
+            }
+            for publication in page
+                .iter()
+                .take_while(|publication| publication.id <= until)
+            {
+                self.publish(publication);
+            }
+        }
+        Ok(())
     }
 
     /// Counts the records that an append stored, and updates the pending
@@ -517,6 +654,12 @@ impl Core {
             let _ = reply.send(Err(Error::ShuttingDown));
             return;
         }
+        // A client may arrive from another process with an id this one has
+        // not read yet, or after an insert there: read the log first, so
+        // that every process starts it from the same state.
+        if self.shared && !self.caught_up {
+            self.catch_up();
+        }
 
         // Publications not yet stored are read from memory, not storage.
         let stored = self.last_publication - self.unsynced.len() as u64;
@@ -599,6 +742,9 @@ impl Core {
                 Poll::Ready(Err(_)) => return Wait::Closed,
                 Poll::Pending => {}
             }
+            if self.shared && self.changed.load(Ordering::Acquire) {
+                return Wait::Changed;
+            }
             match deadline {
                 None => thread::park(),
                 Some(deadline) => {
@@ -614,13 +760,19 @@ impl Core {
 
     /// Returns when the core must next wake without a command, if ever.
     fn deadline(&self) -> Option<Instant> {
+        let poll = self.shared.then_some(self.poll_at);
         // While storage fails, nothing is published before the retry.
         if let Some(retry_at) = self.retry_at {
-            return Some(retry_at);
+            return Some(poll.map_or(retry_at, |poll| poll.min(retry_at)));
         }
-        let due = self.next_due?;
-        let due_in = Duration::from_secs(due).saturating_sub(since_epoch());
-        Some(Instant::now() + due_in.min(MAX_SLEEP))
+        let due = self.next_due.map(|due| {
+            let due_in = Duration::from_secs(due).saturating_sub(since_epoch());
+            Instant::now() + due_in.min(MAX_SLEEP)
+        });
+        match (due, poll) {
+            (Some(due), Some(poll)) => Some(due.min(poll)),
+            (due, poll) => due.or(poll),
+        }
     }
 }
 
@@ -629,6 +781,8 @@ type InsertReply = oneshot::Sender<Result<Record, Error>>;
 enum Wait {
     Command(Command),
     TimedOut,
+    /// Another process changed the shared log.
+    Changed,
     Closed,
 }
 

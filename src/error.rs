@@ -193,6 +193,23 @@ pub enum StorageError {
         configured: &'static str,
     },
 
+    /// The database server could not be reached, or refused the login.
+    #[error("failed to connect to the database {database}")]
+    Connect {
+        /// The server and database, without the password.
+        database: String,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The storage needs a database, and none is configured.
+    #[error(
+        "the postgres storage needs a database: set BROKER_DATABASE_URL, \
+         e.g. postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+    )]
+    NoDatabase,
+
     /// A read or write failed.
     #[error("storage {operation} failed")]
     Backend {

@@ -150,7 +150,7 @@ pub use crate::config::{AllowedOrigins, Config};
 pub use crate::error::{Error, InsertError, StorageError, MAX_EVENT_LEN, MAX_TIMESTAMP};
 pub use crate::event::{NewEvent, Publication, Record};
 pub use crate::serve::Listen;
-pub use crate::storage::{Appended, Storage, Version};
+pub use crate::storage::{Appended, LogState, SharedLog, Storage, Version};
 
-#[cfg(any(feature = "redb", feature = "sled"))]
+#[cfg(any(feature = "redb", feature = "sled", feature = "postgres"))]
 pub use crate::backends::StorageKind;

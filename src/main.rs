@@ -4,11 +4,11 @@
 
 #[cfg(not(all(
     any(feature = "tokio-axum", feature = "async-std-tide"),
-    any(feature = "redb", feature = "sled")
+    any(feature = "redb", feature = "sled", feature = "postgres")
 )))]
 compile_error!(
     "the broker binary needs a runtime feature (tokio-axum or async-std-tide) \
-     and a storage feature (redb or sled)"
+     and a storage feature (redb, sled or postgres)"
 );
 
 use std::error::Error as StdError;
@@ -20,6 +20,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
+use broker::backends::postgres::Database;
 use broker::config::{DEFAULT_BODY_LIMIT, DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE_CAPACITY};
 use broker::{AllowedOrigins, Broker, Config, Secret, StorageKind};
 use clap::{Parser, ValueEnum};
@@ -100,6 +102,24 @@ struct Args {
     #[arg(long, env = "BROKER_STORAGE", value_enum, default_value_t)]
     storage: StorageChoice,
 
+    /// PostgreSQL URL for --storage postgres, such as
+    /// postgresql://USER:PASSWORD@HOST:5432/DATABASE. Brokers given the same
+    /// database and schema share one event log. Prefer the environment
+    /// variable: other users can read command lines.
+    #[cfg(feature = "postgres")]
+    #[arg(
+        long,
+        env = "BROKER_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    database_url: Option<Database>,
+
+    /// Schema that holds Broker's tables in that database; created if missing.
+    #[cfg(feature = "postgres")]
+    #[arg(long, env = "BROKER_DATABASE_SCHEMA", default_value = broker::backends::postgres::DEFAULT_SCHEMA)]
+    database_schema: String,
+
     /// Async runtime and HTTP server.
     #[arg(long, env = "BROKER_RUNTIME", value_enum, default_value_t)]
     runtime: RuntimeChoice,
@@ -148,6 +168,9 @@ enum StorageChoice {
     /// A sled database in the folder sled inside the data folder.
     #[cfg(feature = "sled")]
     Sled,
+    /// A PostgreSQL database at --database-url, which several brokers can share.
+    #[cfg(feature = "postgres")]
+    Postgres,
 }
 
 impl StorageChoice {
@@ -157,6 +180,8 @@ impl StorageChoice {
             Self::Redb => StorageKind::Redb,
             #[cfg(feature = "sled")]
             Self::Sled => StorageKind::Sled,
+            #[cfg(feature = "postgres")]
+            Self::Postgres => StorageKind::Postgres,
         }
     }
 }
@@ -240,21 +265,33 @@ async fn run(args: Args) -> Result<(), Box<dyn StdError>> {
         .with_debug_page(args.debug_page)
         .with_storage(args.storage.kind());
     let config = with_secrets(config, &args);
+    let config = with_database(config, &args)?;
     let broker = Broker::open(config).await?;
     log_access(broker.config());
 
-    let data_dir = std::fs::canonicalize(&args.data_dir).unwrap_or(args.data_dir);
-    info!(
-        address = %addr,
-        data_dir = %data_dir.display(),
-        storage = %value_name(args.storage),
-        runtime = %value_name(args.runtime),
-        origin = %args.origin,
-        max_connections,
-        metrics = args.metrics,
-        debug_page = args.debug_page,
-        "listening"
-    );
+    // The line names where the log is: the data folder, or the database.
+    macro_rules! listening {
+        ($($location:tt)*) => {
+            info!(
+                address = %addr,
+                $($location)*
+                storage = %value_name(args.storage),
+                runtime = %value_name(args.runtime),
+                origin = %args.origin,
+                max_connections,
+                metrics = args.metrics,
+                debug_page = args.debug_page,
+                "listening"
+            )
+        };
+    }
+    match database_location(broker.config()) {
+        Some((database, schema)) => listening!(database = %database, schema = %schema,),
+        None => {
+            let data_dir = std::fs::canonicalize(&args.data_dir).unwrap_or(args.data_dir.clone());
+            listening!(data_dir = %data_dir.display(),)
+        }
+    }
     match args.runtime {
         #[cfg(feature = "tokio-axum")]
         RuntimeChoice::TokioAxum => {
@@ -315,6 +352,35 @@ fn connection_limit(configured: Option<usize>) -> usize {
             requested
         }
     }
+}
+
+/// Sets the database of the `postgres` storage from its flags.
+#[cfg(feature = "postgres")]
+fn with_database(config: Config, args: &Args) -> Result<Config, Box<dyn StdError>> {
+    match &args.database_url {
+        Some(database) => {
+            let database = database.clone().with_schema(&args.database_schema)?;
+            Ok(config.with_database(database))
+        }
+        None => Ok(config),
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+fn with_database(config: Config, _args: &Args) -> Result<Config, Box<dyn StdError>> {
+    Ok(config)
+}
+
+/// Returns the database, without the password, and the schema of the
+/// `postgres` storage, or `None` for a storage in the data folder.
+fn database_location(config: &Config) -> Option<(String, String)> {
+    #[cfg(feature = "postgres")]
+    if config.storage == StorageKind::Postgres {
+        let database = config.database.as_ref()?;
+        return Some((database.target(), database.schema().to_owned()));
+    }
+    let _ = config;
+    None
 }
 
 fn with_secrets(mut config: Config, args: &Args) -> Config {

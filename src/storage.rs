@@ -142,4 +142,52 @@ pub trait Storage: Send + Sync + 'static {
     fn reopen(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// Returns the log's [`SharedLog`] side when other processes append to
+    /// the same log, as several brokers on one database do. The default
+    /// returns `None`: this process is the log's only writer.
+    ///
+    /// The core of a shared log publishes what other processes publish, by
+    /// reading [`publications_after`](Storage::publications_after) from
+    /// its last publication whenever the log changes, and it learns their
+    /// pending records' due times from [`SharedLog::state`].
+    fn shared(&self) -> Option<&dyn SharedLog> {
+        None
+    }
+}
+
+/// The side of a [`Storage`] that several processes append to.
+///
+/// Every process must see publications in id order with no gaps: when a
+/// reader sees publication `n`, it must also see every publication below
+/// `n`. A backend makes appends that publish take turns, for example under
+/// a lock held until commit, so that ids commit in order.
+pub trait SharedLog: Send + Sync {
+    /// Starts calling `changed` whenever another process may have changed
+    /// the log, from a thread of the backend's own, until the storage is
+    /// dropped.
+    ///
+    /// A notice may be late or lost, for example while the backend
+    /// reconnects; the core also reads [`state`](SharedLog::state) every
+    /// second. A backend that loses its source of notices calls `changed`
+    /// once it has it back, so that nothing waits for the next second.
+    fn watch(&self, changed: Box<dyn Fn() + Send + Sync>);
+
+    /// Returns the log's latest publication id and what is pending.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`StorageError`] when the read fails.
+    fn state(&self) -> Result<LogState, StorageError>;
+}
+
+/// A shared log's position, as [`SharedLog::state`] reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogState {
+    /// The latest publication id, 0 before the first publication.
+    pub last_publication: u64,
+    /// The timestamp of the earliest pending record, if any.
+    pub next_due: Option<u64>,
+    /// The number of pending records.
+    pub pending: u64,
 }
