@@ -2,7 +2,7 @@
 //!
 //! Each broker process keeps one connection for appends, a few for reads
 //! and one that listens for the other processes' appends. Tables live in one
-//! schema (`broker` unless [`Database::with_schema`] says otherwise), which
+//! schema (`broker` unless [`Database::with_schema`] names another), which
 //! the backend creates and migrates itself; [`SCHEMA_VERSION`] is the
 //! version this build writes.
 //!
@@ -49,7 +49,7 @@ use crate::storage::{Appended, LogState, SharedLog, Storage, Version};
 /// a newer build is refused rather than misread.
 pub const SCHEMA_VERSION: i32 = 1;
 
-/// The schema that holds Broker's tables unless configured otherwise.
+/// The schema that contains Broker's tables unless configured otherwise.
 pub const DEFAULT_SCHEMA: &str = "broker";
 
 /// The notification channel of every Broker schema; the payload names the
@@ -62,7 +62,7 @@ const MAX_IDLE_READERS: usize = 8;
 /// Time allowed to open a connection, unless the URL sets `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest a statement may run, and a session may stay idle inside a
+/// Maximum time a statement may run, and a session may stay idle inside a
 /// transaction. The second frees the log's lock when a broker stops
 /// mid-append without its connection closing, as when it is paused.
 const SESSION_SETTINGS: &str =
@@ -72,7 +72,7 @@ const SESSION_SETTINGS: &str =
 /// whether the storage has been dropped.
 const LISTEN_TICK: Duration = Duration::from_millis(500);
 
-/// Longest wait between attempts to reconnect the listening connection.
+/// Maximum wait between attempts to reconnect the listening connection.
 const MAX_LISTEN_RETRY: Duration = Duration::from_secs(5);
 
 /// Each migration, in order; migration `n` takes the schema to version `n`.
@@ -100,8 +100,8 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
      );",
 ];
 
-/// Where the `postgres` backend connects, and the schema it keeps its
-/// tables in.
+/// The connection settings of the `postgres` backend, and the schema that
+/// contains its tables.
 ///
 /// ```
 /// # use broker::backends::postgres::Database;
@@ -782,16 +782,16 @@ impl Listener {
                     // What arrived while nobody listened is read now.
                     (self.changed)();
                     if let Err(error) = self.listen(&mut client) {
-                        warn!(%error, "lost the connection that listens for other brokers' appends; reconnecting");
+                        warn!(error = %describe(&error), "lost the connection that listens for other brokers' appends; reconnecting");
                         lost = true;
                     }
                 }
                 Err(error) => {
                     if !lost {
-                        warn!(%error, "cannot listen for other brokers' appends; retrying, and reading the log every second meanwhile");
+                        warn!(error = %describe(&error), "cannot listen for other brokers' appends; retrying, and reading the log every second meanwhile");
                         lost = true;
                     } else {
-                        debug!(%error, "still cannot listen for other brokers' appends");
+                        debug!(error = %describe(&error), "still cannot listen for other brokers' appends");
                     }
                     self.sleep(retry);
                     retry = (retry * 2).min(MAX_LISTEN_RETRY);
@@ -855,4 +855,195 @@ fn to_i64(value: u64) -> i64 {
 
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+/// Describes a client error with its causes: the client's own message for
+/// a server error is only "db error", and the server's message is its source.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    //! These tests need `BROKER_TEST_DATABASE_URL`, a database where they
+    //! create schemas; `ci/postgres.sh start` starts a throwaway server and
+    //! prints it.
+
+    use super::*;
+
+    fn test_url() -> String {
+        std::env::var("BROKER_TEST_DATABASE_URL").expect(
+            "the postgres backend's tests need BROKER_TEST_DATABASE_URL; \
+             start a throwaway server with: eval \"$(ci/postgres.sh start)\"",
+        )
+    }
+
+    /// A database on a schema no other test uses.
+    fn fresh_database(test: &str) -> Database {
+        let schema = format!("unit_{test}_{}", node_name().replace('-', "_"));
+        Database::new(&test_url())
+            .and_then(|database| database.with_schema(&schema))
+            .unwrap()
+    }
+
+    fn version(event: &str, timestamp: u64) -> Version {
+        Version {
+            event: event.to_owned(),
+            timestamp,
+            data: RawValue::from_string("{}".to_owned()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn schema_names_checked() {
+        let database = Database::new("postgresql://u:p@127.0.0.1/db").unwrap();
+        for (name, accepted) in [
+            ("broker", true),
+            ("b_2", true),
+            ("", false),
+            ("2b", false),
+            ("Broker", false),
+            ("a-b", false),
+            ("a\"b", false),
+            ("pg_broker", false),
+            (&"a".repeat(64), false),
+        ] {
+            assert_eq!(
+                database.clone().with_schema(name).is_ok(),
+                accepted,
+                "schema {name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let database = Database::new("postgresql://broker:hunter2@db.example:6543/app").unwrap();
+        let shown = format!("{database:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("broker@db.example:6543/app"), "{shown}");
+        assert!(Database::new("postgresql://[bad").is_err());
+    }
+
+    #[test]
+    fn brokers_starting_together_migrate_once() {
+        let database = fresh_database("together");
+        let opened: Vec<_> = (0..4)
+            .map(|_| {
+                let database = database.clone();
+                thread::spawn(move || PostgresStorage::open(&database).map(drop))
+            })
+            .collect();
+        for open in opened {
+            open.join().unwrap().unwrap();
+        }
+        let mut client = connect(&database).unwrap();
+        let versions: Vec<i32> = client
+            .query("SELECT version FROM broker_schema_version", &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(versions, [SCHEMA_VERSION]);
+    }
+
+    #[test]
+    fn newer_schema_refused() {
+        let database = fresh_database("newer");
+        drop(PostgresStorage::open(&database).unwrap());
+        let mut client = connect(&database).unwrap();
+        client
+            .execute(
+                "INSERT INTO broker_schema_version (version) VALUES ($1)",
+                &[&(SCHEMA_VERSION + 1)],
+            )
+            .unwrap();
+        let error = PostgresStorage::open(&database).unwrap_err();
+        let message = describe(&error);
+        assert!(message.contains("newer broker"), "{message}");
+    }
+
+    #[test]
+    fn appends_from_several_processes_publish_in_order_once() {
+        const WRITERS: usize = 3;
+        const APPENDS: usize = 40;
+        let database = fresh_database("interleave");
+        let storages: Vec<Arc<PostgresStorage>> = (0..WRITERS)
+            .map(|_| Arc::new(PostgresStorage::open(&database).unwrap()))
+            .collect();
+        let now = 1_000;
+        // Some versions are due at once and some later, so that appends
+        // of no versions publish what other writers stored.
+        let writers: Vec<_> = storages
+            .iter()
+            .enumerate()
+            .map(|(writer, storage)| {
+                let storage = storage.clone();
+                thread::spawn(move || {
+                    for append in 0..APPENDS {
+                        let event = format!("w{writer}");
+                        let versions = [version(&event, now + (append % 3) as u64)];
+                        storage
+                            .append(&versions, now + (append / 3) as u64)
+                            .unwrap();
+                    }
+                    storage.append(&[], now + APPENDS as u64).unwrap();
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+
+        let storage = &storages[0];
+        let publications = storage.publications_after(0, usize::MAX).unwrap();
+        let ids: Vec<u64> = publications.iter().map(|p| p.id).collect();
+        let expected: Vec<u64> = (1..=(WRITERS * APPENDS) as u64).collect();
+        assert_eq!(ids, expected, "publication ids are consecutive from 1");
+        let mut records: Vec<u64> = publications.iter().map(|p| p.record.id).collect();
+        records.sort_unstable();
+        assert_eq!(records, expected, "every record is published once");
+        let state = storage.state().unwrap();
+        assert_eq!(
+            state,
+            LogState {
+                last_publication: (WRITERS * APPENDS) as u64,
+                next_due: None,
+                pending: 0,
+            }
+        );
+        let current = storage.current().unwrap();
+        assert_eq!(current.len(), WRITERS, "one current version per name");
+    }
+
+    #[test]
+    fn other_processes_appends_are_signalled() {
+        let database = fresh_database("watch");
+        let watcher = PostgresStorage::open(&database).unwrap();
+        let writer = PostgresStorage::open(&database).unwrap();
+        let (signal, signalled) = std::sync::mpsc::channel();
+        let signal = Mutex::new(signal);
+        watcher.watch(Box::new(move || {
+            let _ = signal.lock().unwrap().send(());
+        }));
+        // The first signal says the listening connection is up.
+        signalled.recv_timeout(Duration::from_secs(10)).unwrap();
+
+        watcher.append(&[version("own", 1)], 1).unwrap();
+        assert!(
+            signalled.recv_timeout(Duration::from_millis(500)).is_err(),
+            "a process's own append is not signalled to it"
+        );
+        writer.append(&[version("other", 1)], 1).unwrap();
+        signalled
+            .recv_timeout(Duration::from_secs(5))
+            .expect("another process's append is signalled");
+    }
 }

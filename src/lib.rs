@@ -43,6 +43,7 @@
 //! | `async-std-tide` | no      | `async_std_tide`: the HTTP server on tide and async-std |
 //! | `redb`           | yes     | `backends::redb`: storage in one redb file          |
 //! | `sled`           | no      | `backends::sled`: storage in a sled database        |
+//! | `postgres`       | no      | `backends::postgres`: storage in PostgreSQL, shared by several processes |
 //! | `cli`            | yes     | the `broker` binary's flags, signals and logging    |
 //!
 //! Features only add: each adds a module and removes nothing, so any
@@ -53,8 +54,9 @@
 //!   on async-std with tide otherwise. `tokio_axum::serve` and
 //!   `async_std_tide::serve` choose one explicitly.
 //! - `Config::storage` picks the backend that [`Broker::open`] opens: redb
-//!   when `redb` is on, and sled otherwise. A data folder written by one
-//!   backend is never opened with the other.
+//!   when `redb` is on, then sled, then PostgreSQL. A data folder written by
+//!   one backend is never opened with the other. Brokers on one PostgreSQL
+//!   database and schema share one log; see `backends::postgres`.
 //!
 //! tide has had no stable release since 0.16.0, and async-std's maintainers
 //! discontinued it in 1.13.1 in favour of smol. Everything that uses either
