@@ -860,14 +860,7 @@ fn to_u64(value: i64) -> u64 {
 /// Describes a client error with its causes: the client's own message for
 /// a server error is only "db error", and the server's message is its source.
 fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::error::with_causes(error)
 }
 
 #[cfg(test)]

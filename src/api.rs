@@ -232,13 +232,7 @@ impl ApiError {
 /// Formats `error` followed by its causes, for a storage failure such as
 /// "storage append failed: File too large (os error 27); retry later".
 fn with_causes(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let mut text = crate::error::with_causes(error);
     if matches!(error, Error::Storage(_)) {
         text.push_str("; retry later");
     }

@@ -291,3 +291,15 @@ impl From<StorageError> for Error {
         Self::Storage(Arc::new(error))
     }
 }
+
+/// Formats `error` followed by its causes, each after a colon.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
