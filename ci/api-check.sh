@@ -6,7 +6,9 @@
 # Usage: ci/api-check.sh BINARY RUNTIME STORAGE
 # It starts BINARY on a free loopback port with a temporary data folder and
 # stops it by its PID when done. schemathesis must be installed for
-# python3: .ci/run installs it with pip.
+# python3: .ci/run installs it with pip. For the postgres storage, the server
+# uses a new schema in the database that BROKER_TEST_DATABASE_URL names
+# (`eval "$(ci/postgres.sh start)"` sets it), which is dropped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,17 +21,47 @@ if ! python3 -c 'import schemathesis' 2>/dev/null; then
   exit 1
 fi
 
+database=()
+schema=""
+if [ "$storage" = postgres ]; then
+  if [ -z "${BROKER_TEST_DATABASE_URL:-}" ]; then
+    echo "error: BROKER_TEST_DATABASE_URL is not set; start a server with: eval \"\$(ci/postgres.sh start)\"" >&2
+    exit 1
+  fi
+  # The process id keeps the schemas of parallel checks apart. A schema
+  # left by an earlier process with the same id is dropped first.
+  schema="api_check_$$"
+  database=(--database-url "$BROKER_TEST_DATABASE_URL" --database-schema "$schema")
+fi
+
+# Drops the schema and its tables with psql, within bounded time.
+drop_schema() {
+  PGOPTIONS="-c statement_timeout=10s -c lock_timeout=10s -c client_min_messages=warning" \
+    PGCONNECT_TIMEOUT=10 psql -X -q -v ON_ERROR_STOP=1 -d "$BROKER_TEST_DATABASE_URL" \
+    -c "DROP SCHEMA IF EXISTS $schema CASCADE"
+}
+
 data_dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$binary" --host 127.0.0.1 --port "$port" --data-dir "$data_dir" \
-  --runtime "$runtime" --storage "$storage" >"$data_dir.log" 2>&1 &
-server=$!
+server=""
 cleanup() {
-  kill "$server" 2>/dev/null || true
-  wait "$server" 2>/dev/null || true
+  if [ -n "$server" ]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
+  if [ -n "$schema" ]; then
+    drop_schema || echo "warning: failed to drop the schema $schema" >&2
+  fi
   rm -rf "$data_dir" "$data_dir.log" "$data_dir.toml"
 }
 trap cleanup EXIT
+
+if [ -n "$schema" ]; then
+  drop_schema
+fi
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$binary" --host 127.0.0.1 --port "$port" --data-dir "$data_dir" \
+  --runtime "$runtime" --storage "$storage" "${database[@]}" >"$data_dir.log" 2>&1 &
+server=$!
 
 url="http://127.0.0.1:$port"
 for _ in $(seq 100); do

@@ -2,15 +2,22 @@
 # Runs every check that CI runs. It checks formatting, runs clippy with
 # warnings as errors for every feature set, builds the docs, and runs the
 # unit, core, property and doc tests. Then it runs the conformance suite once
-# per runtime and storage pair, checks a server of each runtime against
-# docs/openapi.yaml with schemathesis (ci/api-check.sh), runs the browser
-# test of the debug page once per runtime, and the browser test of
-# examples/live-form once. It prints a summary line per feature set, per pair
-# and per runtime, and exits non-zero if anything failed.
+# per runtime and storage pair, checks a server of each runtime and one of
+# the postgres storage against docs/openapi.yaml with schemathesis
+# (ci/api-check.sh), runs the browser test of the debug page once per
+# runtime, and the browser test of examples/live-form once. It prints a
+# summary line per feature set, per pair and per runtime, and exits non-zero
+# if anything failed.
 #
 # The browser tests need Debian's chromium package, Node.js and npm, and
 # `npm ci` run in tests/browser and in examples/live-form; .ci/run installs
 # them. Without them their step fails with the missing piece named.
+#
+# The conformance pairs and the API check of the postgres storage need a
+# PostgreSQL server. The script starts a throwaway one from Debian's
+# postgresql package with ci/postgres.sh, and stops it and deletes its data
+# when it exits. Without the package, ci/postgres.sh names it in its error
+# and those steps fail.
 # Usage: ci/test.sh   (from anywhere inside the repository)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +31,8 @@ feature_sets=(
   "--no-default-features --features tokio-axum"
   "--no-default-features --features async-std-tide"
   "--no-default-features --features async-std-tide,sled,cli"
+  "--no-default-features --features postgres"
+  "--no-default-features --features tokio-axum,postgres,cli"
   "--all-features"
 )
 
@@ -38,8 +47,10 @@ test_sets=("default" "--no-default-features --features async-std-tide,sled,cli")
 pairs=(
   "tokio_axum_redb:tokio-axum + redb"
   "tokio_axum_sled:tokio-axum + sled"
+  "tokio_axum_postgres:tokio-axum + postgres"
   "async_std_tide_redb:async-std-tide + redb"
   "async_std_tide_sled:async-std-tide + sled"
+  "async_std_tide_postgres:async-std-tide + postgres"
 )
 
 summary=()
@@ -66,6 +77,24 @@ contains() {
   done
   return 1
 }
+
+# A PostgreSQL server for the postgres storage, stopped at exit. It is always
+# a new one, even when the calling shell names another in
+# BROKER_TEST_POSTGRES_DIR, so the script stops only what it started.
+postgres_error=""
+if postgres_settings=$(env -u BROKER_TEST_POSTGRES_DIR ci/postgres.sh start); then
+  eval "$postgres_settings"
+  trap 'ci/postgres.sh stop' EXIT
+  # Without these traps, SIGINT or SIGTERM would end the script without the
+  # EXIT trap, and leave the server running.
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+else
+  postgres_error="ci/postgres.sh could not start a PostgreSQL server; see its error above"
+  unset BROKER_TEST_DATABASE_URL BROKER_TEST_POSTGRES_DIR
+  failed=1
+  summary+=("postgres: FAILED ($postgres_error)")
+fi
 
 if step format cargo fmt --all -- --check; then
   summary+=("format: ok")
@@ -99,6 +128,10 @@ fi
 for entry in "${pairs[@]}"; do
   module=${entry%%:*}
   name=${entry#*:}
+  if [[ $module == *_postgres ]] && [ -n "$postgres_error" ]; then
+    summary+=("conformance [$name]: FAILED (no PostgreSQL server)")
+    continue
+  fi
   if step "conformance [$name]" cargo test --all-features --test conformance -- "${module}::"; then
     summary+=("conformance [$name]: ok")
   else
@@ -106,12 +139,16 @@ for entry in "${pairs[@]}"; do
   fi
 done
 
-# The API description against a running server of each runtime, with
-# schemathesis (ci/api-check.sh).
-api_pairs=("tokio-axum redb" "async-std-tide sled")
+# The API description against a running server of each runtime, and of the
+# postgres storage on one, with schemathesis (ci/api-check.sh).
+api_pairs=("tokio-axum redb" "async-std-tide sled" "tokio-axum postgres")
 if step "build [--all-features]" cargo build --all-features --bin broker; then
   for pair in "${api_pairs[@]}"; do
     read -r runtime storage <<<"$pair"
+    if [ "$storage" = postgres ] && [ -n "$postgres_error" ]; then
+      summary+=("api description [$runtime + $storage]: FAILED (no PostgreSQL server)")
+      continue
+    fi
     if step "api description [$runtime + $storage]" ci/api-check.sh target/debug/broker "$runtime" "$storage"; then
       summary+=("api description [$runtime + $storage]: ok")
     else

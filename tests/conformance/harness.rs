@@ -1,7 +1,8 @@
 //! The `broker` process under test and the HTTP helpers that talk to it.
 //!
-//! Each [`Server`] owns its child process and a fresh temporary folder, so tests
-//! run in parallel without sharing ports or data. Only loopback addresses are used.
+//! Each [`Server`] owns its child process and a fresh temporary folder, and
+//! for the `postgres` storage a schema of its own, so tests run in parallel
+//! without sharing ports or data. Only loopback addresses are used.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::database::Database;
 use crate::sse::SseClient;
 
 /// Time allowed for the server to print its `listening` line.
@@ -26,11 +28,22 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for one ordinary HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prefix of the name of each server's temporary folder.
+pub(crate) const TEMP_PREFIX: &str = "broker-conformance-";
+
 /// One runtime and storage combination, as passed in `BROKER_RUNTIME` and `BROKER_STORAGE`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pair {
     pub(crate) runtime: &'static str,
     pub(crate) storage: &'static str,
+}
+
+impl Pair {
+    /// Returns `true` when the storage keeps its data in a PostgreSQL server,
+    /// and so ignores the data folder.
+    pub(crate) fn uses_database(&self) -> bool {
+        self.storage == "postgres"
+    }
 }
 
 /// How to start the server: the pair, extra environment variables and how the
@@ -39,8 +52,8 @@ pub(crate) struct Pair {
 pub(crate) struct Launch {
     pair: Pair,
     extra_env: Vec<(String, String)>,
-    /// Pass host, port, data folder, storage and runtime as command-line flags
-    /// instead of environment variables.
+    /// Pass host, port, data folder, storage, runtime, and the database URL
+    /// and schema, as command-line flags instead of environment variables.
     use_flags: bool,
     /// Leave the data folder unset so the server uses its default `./tmp`.
     default_data_dir: bool,
@@ -84,6 +97,10 @@ pub(crate) struct Server {
     /// or `tmp/` when the launch keeps the default.
     root: TempDir,
     child: Option<Child>,
+    /// The schema of a `postgres` storage server, kept across restarts.
+    /// Dropping it drops the schema, after [`Server`]'s own `drop` has
+    /// killed the process.
+    database: Option<Database>,
     addr: SocketAddr,
     /// The line that announced `listening` for the current process.
     listening_line: String,
@@ -101,9 +118,13 @@ impl Server {
     /// Starts the server as `launch` describes.
     pub(crate) async fn launch(launch: Launch) -> Server {
         let root = tempfile::Builder::new()
-            .prefix("broker-conformance-")
+            .prefix(TEMP_PREFIX)
             .tempdir()
             .expect("failed to create a temporary folder for the server");
+        let database = launch
+            .pair
+            .uses_database()
+            .then(|| Database::for_server(root.path()));
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(REQUEST_TIMEOUT)
@@ -113,6 +134,7 @@ impl Server {
             launch,
             root,
             child: None,
+            database,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             listening_line: String::new(),
             output: Arc::new(Mutex::new(String::new())),
@@ -241,6 +263,18 @@ impl Server {
         if !launch.default_data_dir {
             let data_dir = self.data_dir().to_string_lossy().into_owned();
             settings.push(("--data-dir", "BROKER_DATA_DIR", data_dir));
+        }
+        if let Some(database) = &self.database {
+            settings.push((
+                "--database-url",
+                "BROKER_DATABASE_URL",
+                database.url.clone(),
+            ));
+            settings.push((
+                "--database-schema",
+                "BROKER_DATABASE_SCHEMA",
+                database.schema.clone(),
+            ));
         }
         for (flag, variable, value) in settings {
             if launch.use_flags {

@@ -5,7 +5,7 @@ use serde_json::json;
 use crate::harness::{Launch, Pair, Server};
 
 /// Checks that the `listening` line names the address, storage and runtime in
-/// use, without colours, and that the data folder exists once the server listens.
+/// use, without colours.
 pub(crate) async fn startup_log(pair: Pair) {
     let server = Server::start(pair).await;
     let line = server.listening_line();
@@ -34,15 +34,11 @@ pub(crate) async fn startup_log(pair: Pair) {
         line.contains(&runtime),
         "the `listening` line should contain {runtime:?}: {line:?}"
     );
-    assert!(
-        server.data_dir().is_dir(),
-        "the data folder {} should be created when missing",
-        server.data_dir().display()
-    );
 }
 
-/// Checks host, port, data folder, storage and runtime given as flags instead
-/// of environment variables.
+/// Checks the settings given as flags instead of environment variables:
+/// host, port, data folder, storage, runtime, and for the `postgres` storage
+/// the database URL and schema.
 pub(crate) async fn cli_flags(pair: Pair) {
     let server = Server::launch(Launch::new(pair).with_flags()).await;
 
@@ -56,10 +52,23 @@ pub(crate) async fn cli_flags(pair: Pair) {
         record["event"], "flags",
         "insert through a server configured by flags should store the event"
     );
+}
+
+/// Checks that a missing data folder, named by `BROKER_DATA_DIR` or by
+/// `--data-dir`, exists once the server listens.
+pub(crate) async fn data_dir_created(pair: Pair) {
+    let from_env = Server::start(pair).await;
     assert!(
-        server.data_dir().is_dir(),
+        from_env.data_dir().is_dir(),
+        "`BROKER_DATA_DIR={}` should create that folder",
+        from_env.data_dir().display()
+    );
+
+    let from_flag = Server::launch(Launch::new(pair).with_flags()).await;
+    assert!(
+        from_flag.data_dir().is_dir(),
         "`--data-dir {}` should create that folder",
-        server.data_dir().display()
+        from_flag.data_dir().display()
     );
 }
 
