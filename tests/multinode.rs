@@ -18,6 +18,8 @@
 //! 3. The database stops for a few seconds and starts again. Meanwhile
 //!    inserts and `/health` get `503` with a JSON body, and open streams stay
 //!    open. Afterwards inserts succeed again without restarting a broker.
+//!    Then `pg_ctl restart` brings the database back at once, and the next
+//!    read and insert on each node succeed at the first attempt.
 //! 4. Every subscriber saw every publication once, in one order, with ids
 //!    1, 2, 3, ...; the histories, the snapshot of a new stream and a resume
 //!    on another node agree with that order.
@@ -84,6 +86,7 @@ async fn brokers_share_one_log() {
     test.insert_on_b_and_c_then_kill_c().await;
     test.restart_database().await;
     test.insert_on_a_and_b().await;
+    test.restart_database_quickly().await;
     test.check_streams().await;
     test.check_collections().await;
     test.check_snapshots().await;
@@ -186,23 +189,29 @@ impl Cluster {
     /// Stops the server with `pg_ctl stop -m fast`, which ends every session
     /// and waits for the server to exit.
     async fn stop(&self) {
-        let output = self
-            .pg_ctl_output(&["stop", "-m", "fast", "-w", "-t", "30"])
-            .await;
-        assert!(
-            output.status.success(),
-            "pg_ctl stop failed: {}\nserver log:\n{}",
-            describe_output(&output),
-            self.log_tail()
-        );
+        self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "30"]).await;
     }
 
     /// Starts the stopped server again on the same port.
     async fn start_again(&self) {
-        let output = self.pg_ctl_output(&["start", "-w", "-t", "30"]).await;
+        self.pg_ctl(&["start", "-w", "-t", "30"]).await;
+    }
+
+    /// Restarts the server with `pg_ctl restart -m fast`, which ends every
+    /// session and returns once the new server accepts connections.
+    async fn restart(&self) {
+        self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "30"])
+            .await;
+    }
+
+    /// Runs `pg_ctl ACTION...` and panics with its output and the server
+    /// log if it fails.
+    async fn pg_ctl(&self, action: &[&str]) {
+        let output = self.pg_ctl_output(action).await;
         assert!(
             output.status.success(),
-            "pg_ctl start failed: {}\nserver log:\n{}",
+            "pg_ctl {} failed: {}\nserver log:\n{}",
+            action.join(" "),
             describe_output(&output),
             self.log_tail()
         );
@@ -821,6 +830,43 @@ impl<'a> Scenario<'a> {
     async fn insert_on_a_and_b(&mut self) {
         self.insert_in_pairs([A, B], 5).await;
         self.wait_for_all_published("after the inserts on nodes A and B")
+            .await;
+    }
+
+    /// Step 3, last: the database restarts within a second. Right after,
+    /// reads and inserts on every surviving node succeed at the first
+    /// attempt, because the server is back before anyone uses it.
+    async fn restart_database_quickly(&mut self) {
+        self.cluster.restart().await;
+        for node in [A, B] {
+            let name = self.nodes[node].name;
+            let request = self.http.get(self.nodes[node].url("/collection/title"));
+            let description = format!("GET /collection/title on node {name}");
+            let reply = self.send(request, &description).await;
+            if reply.status != 200 {
+                panic!(
+                    "{description} right after the database restarted: expected 200, got {} \
+                     {}\n{}",
+                    reply.status,
+                    reply.text,
+                    self.report()
+                );
+            }
+
+            let request = self.http.get(self.nodes[node].url("/health"));
+            let reply = self.send(request, "GET /health").await;
+            assert_eq!(
+                reply.status, 200,
+                "GET /health on node {name} right after the database restarted: {}",
+                reply.text
+            );
+        }
+        for node in [A, B] {
+            let planned = self.plan("title", None);
+            let reply = self.try_insert(node, &planned).await;
+            self.expect_accepted(node, planned, reply);
+        }
+        self.wait_for_all_published("after the database restarted quickly")
             .await;
     }
 
