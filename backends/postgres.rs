@@ -30,12 +30,14 @@
 //! and their publications then reach subscribers from the log.
 
 use std::fmt;
+use std::io;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use postgres::error::Severity;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls, Row, Statement, Transaction};
 use serde_json::value::RawValue;
@@ -391,20 +393,60 @@ impl PostgresStorage {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs one append on `writer`, opening it first when it is `None`,
+    /// and drops it after a failure.
+    fn append_on(
+        &self,
+        writer: &mut Option<Connection>,
+        versions: &[Version],
+        now: u64,
+    ) -> Result<Appended, Failure> {
+        let connection = match writer {
+            Some(connection) => connection,
+            None => writer.insert(Connection::open(&self.database)?),
+        };
+        let result = append(connection, versions, now, &self.database.schema, &self.node);
+        if result.is_err() {
+            // The next append starts on a new connection, whatever state
+            // this one was left in.
+            *writer = None;
+        }
+        result
+    }
+
     /// Runs `read` on an idle read connection, or a new one, and keeps the
     /// connection for the next read unless the read failed.
+    ///
+    /// An idle connection whose session the server has ended, as every
+    /// session ends when the server restarts, fails its next read. That
+    /// read runs once more on a new connection.
     fn read<T>(
         &self,
         operation: &'static str,
-        read: impl FnOnce(&mut Connection) -> Result<T, Failure>,
+        read: impl Fn(&mut Connection) -> Result<T, Failure>,
     ) -> Result<T, StorageError> {
-        let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut connection = match idle {
-            Some(connection) if !connection.client.is_closed() => connection,
-            _ => Connection::open(&self.database)
-                .map_err(|source| StorageError::backend(operation, source))?,
+        let open = || {
+            Connection::open(&self.database)
+                .map_err(|source| StorageError::backend(operation, source))
         };
-        let result = read(&mut connection).map_err(|failure| failure.during(operation))?;
+        let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let (mut connection, reused) = match idle {
+            Some(connection) if !connection.client.is_closed() => (connection, true),
+            _ => (open()?, false),
+        };
+        let mut result = read(&mut connection);
+        let lost = result.as_ref().err().and_then(Failure::lost_session);
+        if let Some(error) = lost.filter(|_| reused) {
+            debug!(
+                operation,
+                %error,
+                source = ?std::error::Error::source(error),
+                "the server ended an idle read connection's session; reading on a new connection"
+            );
+            connection = open()?;
+            result = read(&mut connection);
+        }
+        let result = result.map_err(|failure| failure.during(operation))?;
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if readers.len() < MAX_IDLE_READERS {
             readers.push(connection);
@@ -422,16 +464,36 @@ impl Drop for PostgresStorage {
 /// A failed read or write: PostgreSQL's error, or a stored value that does
 /// not decode.
 enum Failure {
+    /// A statement or the connection failed before any commit, so a
+    /// transaction that it was part of did not commit.
     Database(postgres::Error),
+    /// The commit failed, so whether the transaction committed is unknown.
+    Commit(postgres::Error),
     Corrupt(StorageError),
 }
 
 impl Failure {
     fn during(self, operation: &'static str) -> StorageError {
         match self {
-            Self::Database(error) => StorageError::backend(operation, error),
+            Self::Database(error) | Self::Commit(error) => StorageError::backend(operation, error),
             Self::Corrupt(error) => error,
         }
+    }
+
+    /// Returns the error when the session ended before anything committed,
+    /// because the connection was closed or reset, or because the server
+    /// sent a FATAL or PANIC error, after which it closes the session. The
+    /// request can then run again on a new connection.
+    fn lost_session(&self) -> Option<&postgres::Error> {
+        let Self::Database(error) = self else {
+            return None;
+        };
+        let ended = error
+            .as_db_error()
+            .and_then(|error| error.parsed_severity())
+            .is_some_and(|severity| matches!(severity, Severity::Fatal | Severity::Panic));
+        let io = std::error::Error::source(error).is_some_and(|source| source.is::<io::Error>());
+        (error.is_closed() || ended || io).then_some(error)
     }
 }
 
@@ -450,17 +512,20 @@ impl From<StorageError> for Failure {
 impl Storage for PostgresStorage {
     fn append(&self, versions: &[Version], now: u64) -> Result<Appended, StorageError> {
         let mut writer = self.writer();
-        if writer.is_none() {
-            let connection = Connection::open(&self.database)
-                .map_err(|source| StorageError::backend("append", source))?;
-            *writer = Some(connection);
-        }
-        let connection = writer.as_mut().expect("the writer was just opened");
-        let result = append(connection, versions, now, &self.database.schema, &self.node);
-        if result.is_err() {
-            // The next append starts on a new connection, whatever state
-            // this one was left in.
-            *writer = None;
+        let reused = writer.is_some();
+        let mut result = self.append_on(&mut writer, versions, now);
+        // The server ends every session when it restarts, so a writer that
+        // sat idle through a restart fails its next append. A session lost
+        // before the commit stored nothing, so the append runs once more
+        // on a new connection.
+        let lost = result.as_ref().err().and_then(Failure::lost_session);
+        if let Some(error) = lost.filter(|_| reused) {
+            warn!(
+                %error,
+                source = ?std::error::Error::source(error),
+                "the server ended the writer's session; appending again on a new connection"
+            );
+            result = self.append_on(&mut writer, versions, now);
         }
         result.map_err(|failure| failure.during("append"))
     }
@@ -604,7 +669,7 @@ fn append(
     }
     let row = transaction.query_one(&statements.next_due, &[])?;
     let next_due = row.get::<_, Option<i64>>(0).map(to_u64);
-    transaction.commit()?;
+    transaction.commit().map_err(Failure::Commit)?;
     Ok(Appended {
         records,
         published,
