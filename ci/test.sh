@@ -2,9 +2,10 @@
 # Runs every check that CI runs. It checks formatting, runs clippy with
 # warnings as errors for every feature set, builds the docs, and runs the
 # unit, core, property and doc tests. Then it runs the conformance suite once
-# per runtime and storage pair, checks a server of each runtime and one of
-# the postgres storage against docs/openapi.yaml with schemathesis
-# (ci/api-check.sh), runs the browser test of the debug page once per
+# per runtime and storage pair and the multi-node test of three brokers on
+# one PostgreSQL log, checks a server of each runtime and one of the postgres
+# storage against docs/openapi.yaml with schemathesis (ci/api-check.sh),
+# runs the browser test of the debug page once per
 # runtime, and the browser test of examples/live-form once. It prints a
 # summary line per feature set, per pair and per runtime, and exits non-zero
 # if anything failed.
@@ -13,11 +14,11 @@
 # `npm ci` run in tests/browser and in examples/live-form; .ci/run installs
 # them. Without them their step fails with the missing piece named.
 #
-# The conformance pairs and the API check of the postgres storage need a
-# PostgreSQL server. The script starts a throwaway one from Debian's
+# The postgres storage's unit, model and conformance tests and its API check
+# need a PostgreSQL server. The script starts a throwaway one from Debian's
 # postgresql package with ci/postgres.sh, and stops it and deletes its data
 # when it exits. Without the package, ci/postgres.sh names it in its error
-# and those steps fail.
+# and those steps fail. The multi-node test starts a server of its own.
 # Usage: ci/test.sh   (from anywhere inside the repository)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -138,6 +139,14 @@ for entry in "${pairs[@]}"; do
     summary+=("conformance [$name]: FAILED")
   fi
 done
+
+# Three brokers on one PostgreSQL log, with a server of the test's own that
+# it restarts, so the shared server above is not needed.
+if step "multi-node [postgres]" cargo test --all-features --test multinode; then
+  summary+=("multi-node [postgres]: ok")
+else
+  summary+=("multi-node [postgres]: FAILED")
+fi
 
 # The API description against a running server of each runtime, and of the
 # postgres storage on one, with schemathesis (ci/api-check.sh).
