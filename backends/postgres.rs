@@ -458,6 +458,28 @@ impl PostgresStorage {
 impl Drop for PostgresStorage {
     fn drop(&mut self) {
         self.stopped.store(true, Ordering::Release);
+        // Each client runs a tokio runtime of its own, and dropping one
+        // panics inside another runtime, where the last handle to the
+        // storage may go. The clients are dropped on a thread of their own.
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let readers = std::mem::take(self.readers.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let closed = thread::Builder::new()
+            .name("broker-pg-close".into())
+            .spawn(move || drop((writer, readers)));
+        match closed {
+            Ok(closing) => {
+                if closing.join().is_err() {
+                    warn!("closing the PostgreSQL connections panicked");
+                }
+            }
+            Err(error) => {
+                warn!(%error, "failed to start a thread to close the PostgreSQL connections")
+            }
+        }
     }
 }
 

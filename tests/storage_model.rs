@@ -72,8 +72,13 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(step, 1..12)
 }
 
+#[allow(
+    clippy::vec_init_then_push,
+    reason = "each push is behind its own feature"
+)]
 fn backends(dir: &tempfile::TempDir) -> Vec<(&'static str, Box<dyn Storage>)> {
     let mut backends: Vec<(&'static str, Box<dyn Storage>)> = Vec::new();
+    #[cfg(any(feature = "redb", feature = "sled"))]
     let folder = |name: &str| {
         let path = dir.path().join(name);
         std::fs::create_dir(&path).unwrap();
