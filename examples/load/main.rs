@@ -17,6 +17,7 @@ mod machine;
 mod probe;
 mod report;
 mod scenario;
+mod two_node;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +27,7 @@ use serde_json::{json, Value};
 
 use args::Args;
 use http::Url;
-use probe::Processes;
+use probe::{ProcessTree, Processes};
 use scenario::Target;
 
 /// The usage text that `--help` prints and a usage error ends with.
@@ -40,16 +41,23 @@ load schedule    --events N [--clients C]                  (Broker only)
 load fsync       --dir PATH [--count N] [--size BYTES] [--seconds S]
 load write-floor --connections N [--messages M] [--rate R] [--size BYTES]
 load report      --results FILE --page FILE [--machine FILE] [--command TEXT]
+                 [--section nchan|two-node]                (the page's section to write)
 load free-port                                             (prints a free loopback TCP port)
 load --help                                                (prints this text)
 
 Options of the load scenarios (fanout, idle, inserts, sync, schedule):
-  --publish-url URL     where bodies are POSTed, e.g. http://127.0.0.1:8080/insert
-  --subscribe-url URL   the SSE stream, e.g. http://127.0.0.1:8080/events?event=bench
-  --body TEMPLATE       request body; $T becomes the send time in microseconds
-                        since the Unix epoch (default {"event":"bench","data":{"t":$T}})
-  --pids PID,PID        server processes whose CPU time and memory are summed
-  --label TEXT          system name written into the result line
+  --publish-url URL[,URL]    where bodies are POSTed, e.g. http://127.0.0.1:8080/insert;
+                             with several, publishing connections take them in turn
+  --subscribe-url URL[,URL]  the SSE stream, e.g. http://127.0.0.1:8080/events?event=bench;
+                             with several, streams take them in turn (schedule
+                             opens one stream per URL)
+  --body TEMPLATE            request body; $T becomes the send time in microseconds
+                             since the Unix epoch (default {"event":"bench","data":{"t":$T}})
+  --pids PID,PID             server processes whose CPU time and memory are summed
+  --database-pid PID         a database server's main process: the CPU time of it and
+                             of all its children, ended ones included, is reported
+                             apart as database_cpu_seconds (fanout and inserts)
+  --label TEXT               system name written into the result line
 
 Machine probes, which need no server (--label defaults to "machine"):
   fsync        appends BYTES (default 4096) to a new file in PATH, then calls
@@ -139,12 +147,13 @@ async fn run(mut args: Args) -> Result<Value, String> {
         .optional::<String>("label")?
         .unwrap_or_else(|| "unnamed".into());
     let target = Target {
-        publish: Url::parse(&args.required::<String>("publish-url")?)?,
-        subscribe: Url::parse(&args.required::<String>("subscribe-url")?)?,
+        publish: urls(&mut args, "publish-url")?,
+        subscribe: urls(&mut args, "subscribe-url")?,
         body: args
             .optional("body")?
             .unwrap_or_else(|| r#"{"event":"bench","data":{"t":$T}}"#.into()),
         servers: Processes::new(args.list("pids")?),
+        database: args.optional("database-pid")?.map(ProcessTree::new),
     };
     let scenario = args.scenario.clone();
     let result = match scenario.as_str() {
@@ -187,6 +196,16 @@ async fn run(mut args: Args) -> Result<Value, String> {
         other => return Err(format!("unknown sub-command {other:?}; run load --help")),
     };
     Ok(result_line(label, &scenario, result))
+}
+
+/// Parses the comma-separated URLs of option `name`, of which there must
+/// be at least one.
+fn urls(args: &mut Args, name: &str) -> Result<Vec<Url>, String> {
+    let texts: Vec<String> = args.list(name)?;
+    if texts.is_empty() {
+        return Err(format!("missing option --{name} for {}", args.scenario));
+    }
+    texts.iter().map(|text| Url::parse(text)).collect()
 }
 
 /// Runs the `fsync` or `write-floor` probe, which needs no server.
@@ -236,4 +255,30 @@ fn result_line(label: String, scenario: &str, result: Value) -> Value {
         line.extend(result);
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_take_a_comma_separated_list() {
+        let words = [
+            "inserts",
+            "--publish-url",
+            "http://127.0.0.1:1/a,http://127.0.0.1:2/b",
+        ];
+        let mut args = Args::parse(words.iter().map(|word| word.to_string())).unwrap();
+        let urls = urls(&mut args, "publish-url").unwrap();
+        assert_eq!(urls.len(), 2);
+        assert_eq!(urls[1].addr.port(), 2);
+        assert_eq!(urls[1].target, "/b");
+    }
+
+    #[test]
+    fn urls_are_required() {
+        let mut args = Args::parse(["inserts".to_string()].into_iter()).unwrap();
+        let error = urls(&mut args, "publish-url").unwrap_err();
+        assert_eq!(error, "missing option --publish-url for inserts");
+    }
 }

@@ -8,21 +8,44 @@ use serde_json::Value;
 
 use crate::args::Args;
 
-/// Marks the start of the generated section of the page; the text outside
-/// the markers is kept as written.
-const BEGIN: &str = "<!-- results:begin (written by benches/run.sh) -->";
-const END: &str = "<!-- results:end -->";
-
 /// Label of the comparison system in result lines.
 const NCHAN: &str = "nchan";
 
-fn number(value: &Value, path: &str) -> Option<f64> {
+/// A generated section of the page, between two marker lines; the text
+/// outside the markers is kept as written.
+pub(crate) struct Section {
+    pub(crate) begin: &'static str,
+    pub(crate) end: &'static str,
+    /// Number of `#` of the section's top headings.
+    pub(crate) level: usize,
+    /// The label of the system that ratio columns divide by.
+    pub(crate) baseline: &'static str,
+    /// The sentence that states what a ratio divides by.
+    pub(crate) ratio_note: &'static str,
+    pub(crate) tables: &'static [Table],
+    /// Whether the section opens with the targets table, which compares
+    /// every system with nchan.
+    pub(crate) targets: bool,
+}
+
+/// The section that compares every Broker pair with nchan.
+const NCHAN_SECTION: Section = Section {
+    begin: "<!-- results:begin (written by benches/run.sh) -->",
+    end: "<!-- results:end -->",
+    level: 2,
+    baseline: NCHAN,
+    ratio_note: "A ratio divides a system's row by nchan's row.",
+    tables: TABLES,
+    targets: true,
+};
+
+pub(crate) fn number(value: &Value, path: &str) -> Option<f64> {
     path.split('.')
         .try_fold(value, |value, key| value.get(key))
         .and_then(Value::as_f64)
 }
 
-fn show(value: Option<f64>) -> String {
+pub(crate) fn show(value: Option<f64>) -> String {
     match value {
         Some(value) if value.is_finite() => {
             if value.fract() == 0.0 || value.abs() >= 100.0 {
@@ -39,6 +62,14 @@ fn show(value: Option<f64>) -> String {
 
 /// Formats a result line as one line for people to read.
 pub(crate) fn human_line(line: &Value) -> String {
+    let mut text = scenario_line(line);
+    if let Some(database) = number(line, "database_cpu_seconds") {
+        let _ = write!(text, ", database CPU {} s", show(Some(database)));
+    }
+    text
+}
+
+fn scenario_line(line: &Value) -> String {
     let get = |path: &str| show(number(line, path));
     let label = line["label"].as_str().unwrap_or_default();
     match line["scenario"].as_str().unwrap_or_default() {
@@ -89,6 +120,15 @@ pub(crate) fn run(args: &mut Args) -> Result<(), String> {
     let page: String = args.required("page")?;
     let machine: Option<String> = args.optional("machine")?;
     let command: Option<String> = args.optional("command")?;
+    let section = match args.optional::<String>("section")?.as_deref() {
+        None | Some("nchan") => &NCHAN_SECTION,
+        Some("two-node") => &crate::two_node::SECTION,
+        Some(other) => {
+            return Err(format!(
+                "invalid value {other:?} for --section: use nchan or two-node"
+            ))
+        }
+    };
     args.finish()?;
 
     let text =
@@ -106,45 +146,51 @@ pub(crate) fn run(args: &mut Args) -> Result<(), String> {
         }
         None => String::new(),
     };
-    let section = render(&lines, &machine, command.as_deref());
+    let text = render(section, &lines, &machine, command.as_deref());
 
     let old = fs::read_to_string(&page).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
+    let new = match (old.find(section.begin), old.find(section.end)) {
         (Some(begin), Some(end)) if begin < end => {
-            format!("{}{section}{}", &old[..begin], &old[end + END.len()..])
+            format!("{}{text}{}", &old[..begin], &old[end + section.end.len()..])
         }
-        _ => format!("{old}{section}\n"),
+        _ => format!("{old}{text}\n"),
     };
     fs::write(&page, new).map_err(|error| format!("cannot write {page}: {error}"))
 }
 
 /// The display of a result line's field in a table cell.
 #[derive(Clone, Copy)]
-enum Cell {
+pub(crate) enum Cell {
     /// The number at this path.
     Number(&'static str),
     /// A KiB figure at this path, shown in MiB.
     Mib(&'static str),
-    /// This system's figure at the path divided by nchan's.
-    VsNchan(&'static str),
+    /// This system's figure at the path divided by the baseline system's
+    /// (nchan's in the main section).
+    VsBaseline(&'static str),
+    /// This system's figure at the first path divided by the baseline
+    /// system's figure at the second.
+    VsBaselineAt(&'static str, &'static str),
     /// The JSON at this path as written.
     Json(&'static str),
     /// The table's metric in every run, in run order.
     Runs,
+    /// Text that a function makes from the line.
+    Computed(fn(&Value) -> String),
 }
 
 /// One table of the page: the result lines of a scenario, one table per
 /// distinct value of `key` (such as the subscriber count).
-struct Table {
-    scenario: &'static str,
-    key: &'static str,
+pub(crate) struct Table {
+    pub(crate) scenario: &'static str,
+    pub(crate) key: &'static str,
     /// Heading, with `{key}` standing for the key's value.
-    title: &'static str,
+    pub(crate) title: &'static str,
     /// Text between the heading and the table.
-    note: &'static str,
+    pub(crate) note: &'static str,
     /// The figure by which the median of repeated runs is chosen.
-    metric: &'static str,
-    columns: &'static [(&'static str, Cell)],
+    pub(crate) metric: &'static str,
+    pub(crate) columns: &'static [(&'static str, Cell)],
 }
 
 const TABLES: &[Table] = &[
@@ -164,12 +210,12 @@ const TABLES: &[Table] = &[
                 "deliveries per server CPU-s",
                 Cell::Number("deliveries_per_cpu_second"),
             ),
-            ("× nchan", Cell::VsNchan("deliveries_per_cpu_second")),
+            ("× nchan", Cell::VsBaseline("deliveries_per_cpu_second")),
             ("each run", Cell::Runs),
             ("p50 ms", Cell::Number("latency_ms.p50")),
             ("p99 ms", Cell::Number("latency_ms.p99")),
             ("max ms", Cell::Number("latency_ms.max")),
-            ("p99 × nchan", Cell::VsNchan("latency_ms.p99")),
+            ("p99 × nchan", Cell::VsBaseline("latency_ms.p99")),
             ("missing", Cell::Number("missing")),
             ("client CPU s", Cell::Number("client_cpu_seconds")),
         ],
@@ -185,9 +231,9 @@ const TABLES: &[Table] = &[
             ("RSS before MiB", Cell::Mib("rss_before_kib")),
             ("RSS after MiB", Cell::Mib("rss_after_kib")),
             ("RSS KiB per stream", Cell::Number("rss_per_connection_kib")),
-            ("× nchan", Cell::VsNchan("rss_per_connection_kib")),
+            ("× nchan", Cell::VsBaseline("rss_per_connection_kib")),
             ("PSS KiB per stream", Cell::Number("pss_per_connection_kib")),
-            ("× nchan (PSS)", Cell::VsNchan("pss_per_connection_kib")),
+            ("× nchan (PSS)", Cell::VsBaseline("pss_per_connection_kib")),
             ("connect s", Cell::Number("connect_seconds")),
         ],
     },
@@ -201,7 +247,7 @@ const TABLES: &[Table] = &[
         metric: "inserts_per_second",
         columns: &[
             ("inserts/s", Cell::Number("inserts_per_second")),
-            ("× nchan", Cell::VsNchan("inserts_per_second")),
+            ("× nchan", Cell::VsBaseline("inserts_per_second")),
             ("each run", Cell::Runs),
             ("p50 ms", Cell::Number("latency_ms.p50")),
             ("p99 ms", Cell::Number("latency_ms.p99")),
@@ -268,9 +314,9 @@ const RUNS: &str = "runs";
 /// Keeps one line per scenario, key value and system: the run with the
 /// median metric (the lower middle one of an even count), with every run's
 /// metric added under [`RUNS`].
-fn median_runs(lines: &[Value]) -> Vec<Value> {
+fn median_runs(lines: &[Value], tables: &[Table]) -> Vec<Value> {
     let mut chosen = Vec::new();
-    for table in TABLES {
+    for table in tables {
         let mut groups: Vec<Vec<&Value>> = Vec::new();
         for line in lines
             .iter()
@@ -302,12 +348,13 @@ fn median_runs(lines: &[Value]) -> Vec<Value> {
     chosen
 }
 
-fn render(all_lines: &[Value], machine: &str, command: Option<&str>) -> String {
-    let lines = &median_runs(all_lines);
+fn render(section: &Section, all_lines: &[Value], machine: &str, command: Option<&str>) -> String {
+    let lines = &median_runs(all_lines, section.tables);
     let probes = MachineProbes::new(all_lines);
+    let heading = "#".repeat(section.level);
     let mut out = String::new();
-    let _ = writeln!(out, "{BEGIN}\n");
-    let _ = writeln!(out, "## Machine and command\n");
+    let _ = writeln!(out, "{}\n", section.begin);
+    let _ = writeln!(out, "{heading} Machine and command\n");
     let _ = writeln!(out, "{}\n", machine.trim_end());
     if let Some(command) = command {
         let _ = writeln!(out, "Command: `{command}`\n");
@@ -317,21 +364,25 @@ fn render(all_lines: &[Value], machine: &str, command: Option<&str>) -> String {
         "Every absolute figure below is from this 2-core machine, which other work shares. \
          Where a scenario ran more than once, a row shows the run with the median of the \
          table's main figure, and the column \"each run\" lists that figure for every run. \
-         A ratio divides a system's row by nchan's row.\n"
+         {}\n",
+        section.ratio_note
     );
-    render_targets(&mut out, lines, &probes);
-    render_machine(&mut out, &probes);
-    for table in TABLES {
+    if section.targets {
+        render_targets(&mut out, lines, &probes);
+    }
+    render_machine(&mut out, &probes, &heading);
+    for table in section.tables {
         for value in variants(lines, table.scenario, table.key) {
             render_table(
                 &mut out,
+                section,
                 table,
                 &select(lines, table.scenario, table.key, &value),
                 &value,
             );
         }
     }
-    let _ = write!(out, "{END}");
+    let _ = write!(out, "{}", section.end);
     out
 }
 
@@ -339,18 +390,22 @@ fn row(out: &mut String, cells: &[String]) {
     let _ = writeln!(out, "| {} |", cells.join(" | "));
 }
 
-fn render_table(out: &mut String, table: &Table, lines: &[&Value], key: &Value) {
+fn render_table(out: &mut String, section: &Section, table: &Table, lines: &[&Value], key: &Value) {
     let title = table.title.replace("{key}", &show(key.as_f64()));
     let _ = writeln!(
         out,
-        "## {title} (2-core shared machine)\n\n{}\n",
+        "{} {title} (2-core shared machine)\n\n{}\n",
+        "#".repeat(section.level),
         table.note
     );
     let mut head = vec!["system".to_string()];
     head.extend(table.columns.iter().map(|(name, _)| name.to_string()));
     row(out, &head);
     let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
-    let nchan = lines.iter().copied().find(|line| line["label"] == NCHAN);
+    let baseline = lines
+        .iter()
+        .copied()
+        .find(|line| line["label"] == section.baseline);
     for &line in lines {
         let mut cells = vec![line["label"].as_str().unwrap_or_default().to_string()];
         for &(_, cell) in table.columns {
@@ -367,20 +422,34 @@ fn render_table(out: &mut String, table: &Table, lines: &[&Value], key: &Value) 
                             .join(", ")
                     })
                     .unwrap_or_default(),
-                Cell::VsNchan(path) => match nchan {
-                    Some(nchan) if line["label"] != NCHAN => {
-                        number(line, path).zip(number(nchan, path)).map_or_else(
-                            || "n/a".into(),
-                            |(own, theirs)| format!("{:.2}×", own / theirs),
-                        )
-                    }
-                    _ => String::new(),
-                },
+                Cell::VsBaseline(path) => ratio_cell(line, baseline, section, path, path),
+                Cell::VsBaselineAt(own, theirs) => ratio_cell(line, baseline, section, own, theirs),
+                Cell::Computed(text) => text(line),
             });
         }
         row(out, &cells);
     }
     let _ = writeln!(out);
+}
+
+/// Returns the figure at `own` of `line` divided by the figure at `theirs`
+/// of the baseline's line, empty in the baseline's own row.
+fn ratio_cell(
+    line: &Value,
+    baseline: Option<&Value>,
+    section: &Section,
+    own: &str,
+    theirs: &str,
+) -> String {
+    match baseline {
+        Some(baseline) if line["label"] != section.baseline => {
+            number(line, own).zip(number(baseline, theirs)).map_or_else(
+                || "n/a".into(),
+                |(own, theirs)| format!("{:.2}×", own / theirs),
+            )
+        }
+        _ => String::new(),
+    }
 }
 
 /// Finds the line of `system` for `scenario` whose `key` field equals `value`
@@ -665,13 +734,13 @@ fn median_line(
     Some(matching[(matching.len() - 1) / 2].clone())
 }
 
-fn render_machine(out: &mut String, probes: &MachineProbes) {
+fn render_machine(out: &mut String, probes: &MachineProbes, heading: &str) {
     if probes.is_empty() {
         return;
     }
     let _ = writeln!(
         out,
-        "## Machine limits (2-core shared machine)\n\n\
+        "{heading} Machine limits (2-core shared machine)\n\n\
          Two probes of the machine itself, run once before the first round with no \
          server running. They bound the insert rate of a server that syncs before each \
          reply, and the fan-out efficiency of a server that writes once per delivery.\n"
@@ -679,7 +748,7 @@ fn render_machine(out: &mut String, probes: &MachineProbes) {
     if let Some(sync) = &probes.sync {
         let _ = writeln!(
             out,
-            "### Disk sync\n\n\
+            "{heading}# Disk sync\n\n\
              Appends of {} bytes to a new file in the folder that contains the servers' data \
              folders, each followed by `fdatasync`, timed one by one. A Broker insert replies after a sync, \
              so C clients with one request in flight each make at most C inserts per sync, \
@@ -714,7 +783,7 @@ fn render_machine(out: &mut String, probes: &MachineProbes) {
     if !probes.writes.is_empty() {
         let _ = writeln!(
             out,
-            "### Loopback writes\n\n\
+            "{heading}# Loopback writes\n\n\
              One `write` of a frame the size of the chunk that Broker sends per delivery \
              in the fan-out scenarios, to each of N loopback TCP connections in turn, with \
              `TCP_NODELAY` and at the fan-out scenarios' rate, while another thread reads \
@@ -791,7 +860,7 @@ mod tests {
     fn machine_limits_section_renders() {
         let mut lines = scenario_lines();
         lines.extend(probe_lines());
-        let page = render(&lines, "", None);
+        let page = render(&NCHAN_SECTION, &lines, "", None);
         assert!(page.contains("## Machine limits"), "{page}");
         assert!(
             page.contains("| 1000 | 0.80 | 2 | 3 | 1250 | 20000 |"),
@@ -807,7 +876,7 @@ mod tests {
     fn targets_show_machine_bounds() {
         let mut lines = scenario_lines();
         lines.extend(probe_lines());
-        let page = render(&lines, "", None);
+        let page = render(&NCHAN_SECTION, &lines, "", None);
         assert!(
             page.contains("| target | machine bound, same run | broker |"),
             "{page}"
@@ -829,7 +898,7 @@ mod tests {
 
     #[test]
     fn no_probes_no_bound_column() {
-        let page = render(&scenario_lines(), "", None);
+        let page = render(&NCHAN_SECTION, &scenario_lines(), "", None);
         assert!(page.contains("| target | broker |"), "{page}");
         assert!(!page.contains("Machine limits"), "{page}");
     }
@@ -842,6 +911,35 @@ mod tests {
             .collect();
         let chosen = median_line(&lines, FSYNC, "", &Value::Null, "sync_ms.p50").unwrap();
         assert_eq!(chosen["sync_ms"]["p50"], 2.0);
+    }
+
+    #[test]
+    fn two_node_rows_divide_by_one_node() {
+        let lines = vec![
+            json!({"label": "tokio-axum+redb", "scenario": "fanout", "subscribers": 100,
+                   "subscribe_urls": 1, "deliveries_per_cpu_second": 100000.0,
+                   "server_cpu_seconds": 5.0, "server_cpu_seconds_each": [5.0]}),
+            json!({"label": "postgres-2-nodes", "scenario": "fanout", "subscribers": 100,
+                   "subscribe_urls": 2, "deliveries_per_cpu_second": 50000.0,
+                   "deliveries_per_cpu_second_with_database": 25000.0,
+                   "server_cpu_seconds": 10.0, "server_cpu_seconds_each": [6.0, 4.0],
+                   "database_cpu_seconds": 10.0}),
+            json!({"label": "postgres-2-nodes", "scenario": "inserts", "clients": 1,
+                   "publish_urls": 2, "ok": 1000, "inserts_per_second": 200.0,
+                   "server_cpu_seconds": 1.0, "database_cpu_seconds": 2.0}),
+        ];
+        let page = render(&crate::two_node::SECTION, &lines, "", None);
+        assert!(page.starts_with(crate::two_node::SECTION.begin), "{page}");
+        assert!(page.contains("### Fan-out: 100 subscribers"), "{page}");
+        assert!(
+            page.contains("| postgres-2-nodes | 2 | n/a | n/a | 10 | 6 + 4 | 50000 | 0.50× |"),
+            "{page}"
+        );
+        assert!(page.contains("| 10 | 25000 | 0.25× |"), "{page}");
+        // One client uses one node; (1 + 2) CPU-s over 1000 inserts.
+        assert!(page.contains("| postgres-2-nodes | 1 | 200 |"), "{page}");
+        assert!(page.contains("| 3000 |"), "{page}");
+        assert!(!page.contains("## Targets"), "{page}");
     }
 
     #[test]

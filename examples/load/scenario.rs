@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::http::{EventStream, Publisher, Url};
-use crate::probe::{self, Processes};
+use crate::probe::{self, ProcessTree, Processes};
 
 /// Streams that may be connecting at once, below the listen backlog of
 /// both servers (511 in nginx, 1024 in tokio).
@@ -28,11 +28,18 @@ const DELIVERY_GRACE: Duration = Duration::from_secs(10);
 /// Settings that every scenario shares.
 #[derive(Debug)]
 pub(crate) struct Target {
-    pub(crate) publish: Url,
-    pub(crate) subscribe: Url,
+    /// The URLs that bodies are posted to, one per server, which publishing
+    /// connections take in turn. Never empty.
+    pub(crate) publish: Vec<Url>,
+    /// The SSE stream on each server, which subscribers take in turn.
+    /// Never empty.
+    pub(crate) subscribe: Vec<Url>,
     /// Request body with `$T` standing for the send time in microseconds.
     pub(crate) body: String,
     pub(crate) servers: Processes,
+    /// A database server that the servers share, whose CPU time is
+    /// reported apart from theirs.
+    pub(crate) database: Option<ProcessTree>,
 }
 
 impl Target {
@@ -40,11 +47,91 @@ impl Target {
         self.body.replace("$T", &now_micros().to_string())
     }
 
-    fn server_cpu(&self) -> Result<f64, String> {
-        if self.servers.is_empty() {
-            return Ok(f64::NAN);
+    /// Returns the publish URL of connection `index`, round robin.
+    fn publish_url(&self, index: usize) -> &Url {
+        &self.publish[index % self.publish.len()]
+    }
+
+    /// Returns the subscribe URL of stream `index`, round robin.
+    fn subscribe_url(&self, index: usize) -> &Url {
+        &self.subscribe[index % self.subscribe.len()]
+    }
+
+    fn cpu(&self) -> Result<Cpu, String> {
+        let servers = if self.servers.is_empty() {
+            Vec::new()
+        } else {
+            self.servers.cpu_seconds_each()?
+        };
+        let database = match &self.database {
+            Some(tree) => tree.cpu_seconds()?,
+            None => f64::NAN,
+        };
+        Ok(Cpu {
+            servers,
+            database,
+            client: probe::own_cpu_seconds(),
+        })
+    }
+}
+
+/// CPU seconds read at one moment, in user plus system time.
+#[derive(Debug)]
+struct Cpu {
+    /// Each server process, in the order of `--pids`.
+    servers: Vec<f64>,
+    /// The database server and its children; NaN without `--database-pid`.
+    database: f64,
+    /// The load client itself.
+    client: f64,
+}
+
+impl Cpu {
+    /// Returns the CPU time used since `before`, as result fields:
+    /// `server_cpu_seconds` sums the servers, NaN without `--pids`.
+    fn since(&self, before: &Cpu) -> CpuUsed {
+        let each: Vec<f64> = self
+            .servers
+            .iter()
+            .zip(&before.servers)
+            .map(|(after, before)| after - before)
+            .collect();
+        let servers = if each.is_empty() {
+            f64::NAN
+        } else {
+            each.iter().sum()
+        };
+        CpuUsed {
+            servers,
+            each,
+            database: self.database - before.database,
+            client: self.client - before.client,
         }
-        self.servers.cpu_seconds()
+    }
+}
+
+/// CPU seconds used during a run.
+#[derive(Debug)]
+struct CpuUsed {
+    servers: f64,
+    each: Vec<f64>,
+    database: f64,
+    client: f64,
+}
+
+impl CpuUsed {
+    /// Adds the CPU fields to a result object.
+    fn add_to(&self, result: &mut Value) {
+        result["server_cpu_seconds"] = json!(round3(self.servers));
+        result["server_cpu_seconds_each"] = json!(self
+            .each
+            .iter()
+            .map(|&seconds| round3(seconds))
+            .collect::<Vec<_>>());
+        if self.database.is_finite() {
+            result["database_cpu_seconds"] = json!(round3(self.database));
+        }
+        result["client_cpu_seconds"] = json!(round3(self.client));
     }
 }
 
@@ -103,16 +190,17 @@ struct Subscribers {
 }
 
 impl Subscribers {
-    /// Opens `count` streams and returns once every response head is read.
-    async fn open(url: &Url, count: usize, since_micros: u64) -> Result<Subscribers, String> {
+    /// Opens `count` streams, taking `urls` in turn, and returns once every
+    /// response head is read.
+    async fn open(urls: &[Url], count: usize, since_micros: u64) -> Result<Subscribers, String> {
         let started = Instant::now();
         let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
         let delivered = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = watch::channel(false);
         let (ready_sender, mut ready) = mpsc::channel(count.max(1));
         let mut tasks = Vec::with_capacity(count);
-        for _ in 0..count {
-            let url = url.clone();
+        for index in 0..count {
+            let url = urls[index % urls.len()].clone();
             let gate = gate.clone();
             let ready = ready_sender.clone();
             let delivered = delivered.clone();
@@ -200,7 +288,8 @@ async fn receive(
 }
 
 /// Publishes at `rate` per second for `seconds` over `connections`
-/// keep-alive connections that take turns; returns (2xx, other) counts.
+/// keep-alive connections that take turns, each to the publish URL of its
+/// index, round robin; returns (2xx, other) counts.
 async fn publish_at_rate(
     target: &Arc<Target>,
     rate: f64,
@@ -214,7 +303,8 @@ async fn publish_at_rate(
     for lane in 0..connections as u64 {
         let target = target.clone();
         tasks.push(tokio::spawn(async move {
-            let mut publisher = Publisher::new(target.publish.clone());
+            let url = target.publish_url(lane as usize).clone();
+            let mut publisher = Publisher::new(url.clone());
             let (mut ok, mut failed) = (0, 0);
             let mut index = lane;
             while index < total {
@@ -222,7 +312,7 @@ async fn publish_at_rate(
                 let status = publisher
                     .post(&target.body_now())
                     .await
-                    .map_err(|error| io_error(&format!("POST {}", target.publish.target), error))?;
+                    .map_err(|error| io_error(&format!("POST {}", url.target), error))?;
                 if (200..300).contains(&status) {
                     ok += 1;
                 } else {
@@ -255,8 +345,7 @@ pub(crate) async fn fanout(
     let since = now_micros();
     let streams = Subscribers::open(&target.subscribe, subscribers, since).await?;
 
-    let cpu_before = target.server_cpu()?;
-    let client_before = probe::own_cpu_seconds();
+    let cpu_before = target.cpu()?;
     let started = Instant::now();
     let (published, failed) = publish_at_rate(&target, rate, seconds, connections).await?;
     let publish_seconds = started.elapsed().as_secs_f64();
@@ -268,8 +357,7 @@ pub(crate) async fn fanout(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let window = started.elapsed().as_secs_f64();
-    let server_cpu = target.server_cpu()? - cpu_before;
-    let client_cpu = probe::own_cpu_seconds() - client_before;
+    let cpu = target.cpu()?.since(&cpu_before);
     let connect_seconds = streams.connect_seconds;
 
     let results = streams.close().await?;
@@ -282,9 +370,20 @@ pub(crate) async fn fanout(
         .iter()
         .map(|r| r.count.saturating_sub(published))
         .sum();
+    // Stream i used subscribe URL i % n, as `Subscribers::open` assigns them.
+    let urls = target.subscribe.len();
+    let mut latencies_each: Vec<Vec<i64>> = vec![Vec::new(); urls];
+    for (index, received) in results.iter().enumerate() {
+        latencies_each[index % urls].extend_from_slice(&received.latencies);
+    }
+    let latency_each: Vec<Value> = latencies_each
+        .iter_mut()
+        .map(|samples| percentiles(samples))
+        .collect();
     let mut latencies: Vec<i64> = results.into_iter().flat_map(|r| r.latencies).collect();
-    Ok(json!({
+    let mut result = json!({
         "subscribers": subscribers,
+        "subscribe_urls": target.subscribe.len(),
         "rate": rate,
         "seconds": seconds,
         "publish_connections": connections,
@@ -296,12 +395,17 @@ pub(crate) async fn fanout(
         "extra": extra,
         "window_seconds": round3(window),
         "deliveries_per_second": round3(delivered as f64 / window),
-        "server_cpu_seconds": round3(server_cpu),
-        "deliveries_per_cpu_second": round3(delivered as f64 / server_cpu),
-        "client_cpu_seconds": round3(client_cpu),
+        "deliveries_per_cpu_second": round3(delivered as f64 / cpu.servers),
         "connect_seconds": round3(connect_seconds),
         "latency_ms": percentiles(&mut latencies),
-    }))
+        "latency_ms_each": latency_each,
+    });
+    cpu.add_to(&mut result);
+    if cpu.database.is_finite() {
+        result["deliveries_per_cpu_second_with_database"] =
+            json!(round3(delivered as f64 / (cpu.servers + cpu.database)));
+    }
+    Ok(result)
 }
 
 /// N open streams with no traffic: server memory per connection.
@@ -338,23 +442,23 @@ pub(crate) async fn idle(
 /// C publishers, each sending requests back to back on its own connection.
 pub(crate) async fn inserts(target: Target, clients: usize, seconds: f64) -> Result<Value, String> {
     let target = Arc::new(target);
-    let cpu_before = target.server_cpu()?;
-    let client_before = probe::own_cpu_seconds();
+    let cpu_before = target.cpu()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds);
 
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    for client in 0..clients {
         let target = target.clone();
         tasks.push(tokio::spawn(async move {
-            let mut publisher = Publisher::new(target.publish.clone());
+            let url = target.publish_url(client).clone();
+            let mut publisher = Publisher::new(url.clone());
             let (mut latencies, mut failed) = (Vec::new(), 0u64);
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 let status = publisher
                     .post(&target.body_now())
                     .await
-                    .map_err(|error| io_error(&format!("POST {}", target.publish.target), error))?;
+                    .map_err(|error| io_error(&format!("POST {}", url.target), error))?;
                 if (200..300).contains(&status) {
                     latencies.push(sent.elapsed().as_micros() as i64);
                 } else {
@@ -372,27 +476,29 @@ pub(crate) async fn inserts(target: Target, clients: usize, seconds: f64) -> Res
         failed += lane_failed;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let server_cpu = target.server_cpu()? - cpu_before;
-    let client_cpu = probe::own_cpu_seconds() - client_before;
-    Ok(json!({
+    let cpu = target.cpu()?.since(&cpu_before);
+    let mut result = json!({
         "clients": clients,
+        "publish_urls": target.publish.len(),
         "seconds": seconds,
         "ok": latencies.len(),
         "non_2xx": failed,
         "inserts_per_second": round3(latencies.len() as f64 / elapsed),
-        "server_cpu_seconds": round3(server_cpu),
-        "client_cpu_seconds": round3(client_cpu),
         "latency_ms": percentiles(&mut latencies),
-    }))
+    });
+    cpu.add_to(&mut result);
+    Ok(result)
 }
 
-/// Inserts `bodies` over `clients` connections; fails on any non-2xx.
-async fn insert_all(url: &Url, bodies: Vec<String>, clients: usize) -> Result<(), String> {
+/// Inserts `bodies` over `clients` connections, which take `urls` in turn;
+/// fails on any non-2xx.
+async fn insert_all(urls: &[Url], bodies: Vec<String>, clients: usize) -> Result<(), String> {
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (bodies, next, url) = (bodies.clone(), next.clone(), url.clone());
+    for client in 0..clients {
+        let url = urls[client % urls.len()].clone();
+        let (bodies, next) = (bodies.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut publisher = Publisher::new(url.clone());
             loop {
@@ -423,7 +529,9 @@ fn run_prefix(kind: &str) -> String {
 }
 
 /// Inserts N distinct names, then times how long new subscribers take to
-/// receive the current version of all of them (Broker only).
+/// receive the current version of all of them (Broker only). The
+/// subscribers connect one after another and take the subscribe URLs in
+/// turn.
 pub(crate) async fn sync(
     target: Target,
     names: usize,
@@ -440,11 +548,12 @@ pub(crate) async fn sync(
 
     let mut head_ms = Vec::new();
     let mut sync_ms = Vec::new();
-    for _ in 0..repeat {
+    for run in 0..repeat {
+        let url = target.subscribe_url(run);
         let started = Instant::now();
-        let mut stream = EventStream::open(&target.subscribe)
+        let mut stream = EventStream::open(url)
             .await
-            .map_err(|error| io_error(&format!("GET {}", target.subscribe.target), error))?;
+            .map_err(|error| io_error(&format!("GET {}", url.target), error))?;
         head_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         let mut seen = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -464,6 +573,8 @@ pub(crate) async fn sync(
     sorted.sort_by(f64::total_cmp);
     Ok(json!({
         "names": names,
+        "publish_urls": target.publish.len(),
+        "subscribe_urls": target.subscribe.len(),
         "load_seconds": round3(load_seconds),
         "repeat": repeat,
         "headers_ms": head_ms.iter().map(|&ms| round3(ms)).collect::<Vec<_>>(),
@@ -474,30 +585,75 @@ pub(crate) async fn sync(
 }
 
 /// Inserts N events due at the same future second and measures how late
-/// each arrives after the start of that second (Broker only).
+/// each arrives after the start of that second (Broker only). One stream
+/// per subscribe URL receives them, and the inserts take the publish URLs
+/// in turn.
 pub(crate) async fn schedule(
     target: Target,
     events: usize,
     clients: usize,
 ) -> Result<Value, String> {
     let name = run_prefix("schedule");
-    let url = target.subscribe.with_query("event", &name);
-    let mut stream = EventStream::open(&url)
-        .await
-        .map_err(|error| io_error(&format!("GET {}", url.target), error))?;
+    let mut streams = Vec::with_capacity(target.subscribe.len());
+    for url in &target.subscribe {
+        let url = url.with_query("event", &name);
+        let stream = EventStream::open(&url)
+            .await
+            .map_err(|error| io_error(&format!("GET {}", url.target), error))?;
+        streams.push(stream);
+    }
 
     // Due at the start of the second after next, so inserts have at least
     // two seconds to finish before it.
     let due = now_micros() / 1_000_000 + 3;
     let due_micros = (due * 1_000_000) as i64;
+    // Events may arrive up to 15 s after their second.
+    let until_due = Duration::from_micros((due_micros - now_micros() as i64).max(0) as u64);
+    let deadline = tokio::time::Instant::now() + until_due + Duration::from_secs(15);
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            let name = name.clone();
+            tokio::spawn(lateness_of(stream, name, events, due_micros, deadline))
+        })
+        .collect();
     let bodies = (0..events)
         .map(|i| format!(r#"{{"event":"{name}","timestamp":{due},"data":{{"i":{i}}}}}"#))
         .collect();
     insert_all(&target.publish, bodies, clients).await?;
     let inserted_before_due_ms = (due_micros - now_micros() as i64) as f64 / 1000.0;
 
+    let mut lateness = Vec::with_capacity(events * readers.len());
+    let mut each = Vec::with_capacity(readers.len());
+    for reader in readers {
+        let mut stream_lateness = reader.await.map_err(|error| error.to_string())??;
+        lateness.extend_from_slice(&stream_lateness);
+        each.push(percentiles(&mut stream_lateness));
+    }
+    let expected = events * target.subscribe.len();
+    Ok(json!({
+        "events": events,
+        "streams": target.subscribe.len(),
+        "publish_urls": target.publish.len(),
+        "received": lateness.len(),
+        "missing": expected - lateness.len(),
+        "inserted_before_due_ms": round3(inserted_before_due_ms),
+        "lateness_ms": percentiles(&mut lateness),
+        "lateness_ms_each": each,
+    }))
+}
+
+/// Reads `stream` until `events` messages named `name` have arrived or
+/// `deadline` passes, and returns how late each arrived after
+/// `due_micros`, in microseconds.
+async fn lateness_of(
+    mut stream: EventStream,
+    name: String,
+    events: usize,
+    due_micros: i64,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<i64>, String> {
     let mut lateness = Vec::with_capacity(events);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while lateness.len() < events {
         let message = match tokio::time::timeout_at(deadline, stream.next()).await {
             Err(_) => break,
@@ -509,13 +665,7 @@ pub(crate) async fn schedule(
             lateness.push(now_micros() as i64 - due_micros);
         }
     }
-    Ok(json!({
-        "events": events,
-        "received": lateness.len(),
-        "missing": events - lateness.len(),
-        "inserted_before_due_ms": round3(inserted_before_due_ms),
-        "lateness_ms": percentiles(&mut lateness),
-    }))
+    Ok(lateness)
 }
 
 #[cfg(test)]
