@@ -404,13 +404,23 @@ fn credentials(headers: &HeaderMap) -> Credentials<'_> {
 }
 
 /// Reads the request body, up to the configured limit and within the
-/// request timeout. A `Content-Length` over the limit is rejected before
-/// any of the body is read.
+/// request timeout.
+///
+/// A `Content-Length` over the limit is rejected without keeping the body.
+/// Up to twice the limit, the body is read and dropped first: a socket
+/// closed with unread data sends a reset, and a client still writing its
+/// body may then lose the `413` before it reads it. A larger body is
+/// rejected before any of it is read.
 async fn read_body(broker: &Broker, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = broker.config().body_limit;
     let timeout = broker.config().request_timeout;
     let declared = header_text(headers, header::CONTENT_LENGTH).and_then(|text| text.parse().ok());
-    if declared.is_some_and(|length: usize| length > limit) {
+    if let Some(length) = declared.filter(|&length: &usize| length > limit) {
+        if length <= limit.saturating_mul(2) {
+            let mut chunks = body.into_data_stream();
+            let drain = async { while let Some(Ok(_)) = chunks.next().await {} };
+            let _ = tokio::time::timeout(timeout, drain).await;
+        }
         return Err(ApiError::BodyTooLarge { limit });
     }
     let read = async {
