@@ -64,11 +64,16 @@ const MAX_IDLE_READERS: usize = 8;
 /// Time allowed to open a connection, unless the URL sets `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Maximum time a statement may run, and a session may stay idle inside a
-/// transaction. The second frees the log's lock when a broker stops
-/// mid-append without its connection closing, as when it is paused.
-const SESSION_SETTINGS: &str =
-    "SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '10s'";
+/// Session settings of every connection. A statement may run 10 s. A
+/// session may stay idle inside a transaction for 3 s, which frees the log's
+/// lock soon when a broker stops mid-append without its connection closing,
+/// as when it is paused; appends never wait between statements. An
+/// `idle_session_timeout` of the server or role (PostgreSQL 14 and later)
+/// is turned off, because the listening connection is idle by design.
+const SESSION_SETTINGS: &str = "SET statement_timeout = '10s';
+     SET idle_in_transaction_session_timeout = '3s';
+     SELECT set_config('idle_session_timeout', '0', false)
+         WHERE current_setting('server_version_num')::int >= 140000";
 
 /// How long the listening connection waits for a notice before it checks
 /// whether the storage has been dropped.
@@ -124,9 +129,16 @@ pub struct Database {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DatabaseError {
+    /// The URL is empty.
+    #[error(
+        "the database URL is empty; set it to \
+         postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    Empty,
+
     /// The URL does not parse.
     #[error(
-        "the database URL is not valid ({source}); use the form \
+        "the database URL is not valid; use the form \
          postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
     )]
     Url {
@@ -157,6 +169,9 @@ impl Database {
     ///
     /// Returns [`DatabaseError::Url`] when the string does not parse.
     pub fn new(url: &str) -> Result<Self, DatabaseError> {
+        if url.trim().is_empty() {
+            return Err(DatabaseError::Empty);
+        }
         let mut config =
             postgres::Config::from_str(url).map_err(|source| DatabaseError::Url { source })?;
         if config.get_connect_timeout().is_none() {
@@ -183,7 +198,7 @@ impl Database {
         let reason = if schema.is_empty() || schema.len() > 63 {
             Some("it must be 1 to 63 characters long")
         } else if !schema.starts_with(|c: char| c.is_ascii_lowercase()) {
-            Some("it must start with a lowercase letter")
+            Some("it must start with a lowercase ASCII letter (a to z)")
         } else if !schema
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -497,7 +512,10 @@ enum Failure {
 impl Failure {
     fn during(self, operation: &'static str) -> StorageError {
         match self {
-            Self::Database(error) | Self::Commit(error) => StorageError::backend(operation, error),
+            Self::Database(error) => StorageError::backend(operation, error),
+            Self::Commit(error) => StorageError::CommitUnknown {
+                source: Box::new(error),
+            },
             Self::Corrupt(error) => error,
         }
     }
@@ -856,6 +874,7 @@ impl Listener {
         let mut lost = false;
         while !self.stopped.load(Ordering::Acquire) {
             let listening = connect(&self.database).and_then(|mut client| {
+                client.batch_execute(SESSION_SETTINGS)?;
                 client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
                 Ok(client)
             });

@@ -233,7 +233,8 @@ impl ApiError {
 /// "storage append failed: File too large (os error 27); retry later".
 fn with_causes(error: &Error) -> String {
     let mut text = crate::error::with_causes(error);
-    if matches!(error, Error::Storage(_)) {
+    let unknown = matches!(error, Error::Storage(storage) if matches!(**storage, crate::StorageError::CommitUnknown { .. }));
+    if matches!(error, Error::Storage(_)) && !unknown {
         text.push_str("; retry later");
     }
     text

@@ -203,6 +203,18 @@ pub enum StorageError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The connection broke while the database committed, so whether the
+    /// write is stored is unknown.
+    #[error(
+        "the connection to the database broke during the commit, so the insert may be stored; \
+         read GET /collection/{{event}} before you send it again"
+    )]
+    CommitUnknown {
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The storage needs a database, and none is configured.
     #[error(
         "the postgres storage needs a database: set BROKER_DATABASE_URL, \

@@ -113,7 +113,7 @@ struct Args {
         hide_env_values = true,
         value_name = "URL"
     )]
-    database_url: Option<Database>,
+    database_url: Option<String>,
 
     /// Schema that holds Broker's tables in that database; created if missing.
     #[cfg(feature = "postgres")]
@@ -357,9 +357,11 @@ fn connection_limit(configured: Option<usize>) -> usize {
 /// Sets the database of the `postgres` storage from its flags.
 #[cfg(feature = "postgres")]
 fn with_database(config: Config, args: &Args) -> Result<Config, Box<dyn StdError>> {
+    // Parsed here rather than by clap, whose error would repeat the URL
+    // and its password.
     match &args.database_url {
-        Some(database) => {
-            let database = database.clone().with_schema(&args.database_schema)?;
+        Some(url) => {
+            let database = Database::new(url)?.with_schema(&args.database_schema)?;
             Ok(config.with_database(database))
         }
         None => Ok(config),
