@@ -65,11 +65,12 @@ const MAX_IDLE_READERS: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Session settings of every connection. A statement may run 10 s. A
-/// session may stay idle inside a transaction for 3 s, which frees the log's
-/// lock soon when a broker stops mid-append without its connection closing,
-/// as when it is paused; appends never wait between statements. An
-/// `idle_session_timeout` of the server or role (PostgreSQL 14 and later)
-/// is turned off, because the listening connection is idle by design.
+/// session may stay idle inside a transaction for 3 s, so the log's lock is
+/// freed soon when a broker stops mid-append without its connection
+/// closing, as when it is paused. Appends never wait between statements,
+/// so the limit never ends a working one. An `idle_session_timeout` of the
+/// server or role (PostgreSQL 14 and later) is turned off, because the
+/// listening connection is idle by design.
 const SESSION_SETTINGS: &str = "SET statement_timeout = '10s';
      SET idle_in_transaction_session_timeout = '3s';
      SELECT set_config('idle_session_timeout', '0', false)
@@ -155,7 +156,7 @@ pub enum DatabaseError {
     Schema {
         /// The name as given.
         name: String,
-        /// What is wrong with it.
+        /// The rule that the name breaks.
         reason: &'static str,
     },
 }
@@ -186,8 +187,8 @@ impl Database {
         })
     }
 
-    /// Sets the schema that holds Broker's tables; it is created at start
-    /// when missing.
+    /// Sets the schema that contains Broker's tables. The backend creates it
+    /// at start when it is missing.
     ///
     /// # Errors
     ///
@@ -219,7 +220,7 @@ impl Database {
         Ok(self)
     }
 
-    /// Returns the schema that holds Broker's tables.
+    /// Returns the schema that contains Broker's tables.
     pub fn schema(&self) -> &str {
         &self.schema
     }
@@ -885,7 +886,8 @@ impl Listener {
                         lost = false;
                     }
                     retry = Duration::from_millis(100);
-                    // What arrived while nobody listened is read now.
+                    // Notices sent while no connection listened are lost, so the core
+                    // reads the log now.
                     (self.changed)();
                     if let Err(error) = self.listen(&mut client) {
                         warn!(error = %describe(&error), "lost the connection that listens for other brokers' appends; reconnecting");
@@ -945,8 +947,8 @@ impl Listener {
     }
 }
 
-/// A name for this process that is unique among the brokers on one
-/// database: the host's process id and the start time.
+/// Returns a name for this process that is unique among the brokers on
+/// one database: the process id and the start time.
 fn node_name() -> String {
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -984,7 +986,7 @@ mod tests {
         )
     }
 
-    /// A database on a schema no other test uses.
+    /// Returns a database on a schema that no other test uses.
     fn fresh_database(test: &str) -> Database {
         let schema = format!("unit_{test}_{}", node_name().replace('-', "_"));
         Database::new(&test_url())
@@ -1132,7 +1134,7 @@ mod tests {
         watcher.watch(Box::new(move || {
             let _ = signal.lock().unwrap().send(());
         }));
-        // The first signal says the listening connection is up.
+        // The first signal comes once the listening connection is up.
         signalled.recv_timeout(Duration::from_secs(10)).unwrap();
 
         watcher.append(&[version("own", 1)], 1).unwrap();

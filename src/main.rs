@@ -115,7 +115,7 @@ struct Args {
     )]
     database_url: Option<String>,
 
-    /// Schema that holds Broker's tables in that database; created if missing.
+    /// Schema that contains Broker's tables in that database; created if missing.
     #[cfg(feature = "postgres")]
     #[arg(long, env = "BROKER_DATABASE_SCHEMA", default_value = broker::backends::postgres::DEFAULT_SCHEMA)]
     database_schema: String,
